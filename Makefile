@@ -1,0 +1,28 @@
+# Two commands do all the set-up: `make run` (the pipeline) and `make test` (the tests).
+# Both are idempotent: the virtual environment is made once and reinstalled only when
+# pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q
+
+ui: $(STAMP)
+	$(BIN)/vlv ui
+
+clean:
+	rm -rf data models metrics plots mlruns/mlflow.db mlruns/artifacts .pytest_cache

@@ -1,0 +1,118 @@
+"""The `vlv` command, and the wrapper every pipelines/ stage script runs under.
+
+User-facing failures (bad params, a missing folder, ...) raise ``VLVError`` and are
+printed as one line on stderr with exit status 2: never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import config
+from .errors import VLVError
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def stage(name: str) -> Callable:
+    """Decorate a pipelines/ script's ``main(params)``: parse --params, validate, run."""
+
+    def wrap(fn: Callable[[config.Params], None]) -> Callable[[list[str] | None], None]:
+        @functools.wraps(fn)
+        def main(argv: list[str] | None = None) -> None:
+            ap = argparse.ArgumentParser(prog=f"pipelines/{name}.py", description=fn.__doc__)
+            ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+            args = ap.parse_args(argv)
+            try:
+                fn(config.load(args.params))
+            except VLVError as err:
+                fail(f"{name}: {err}")
+            except KeyboardInterrupt:
+                print(f"{name}: interrupted", file=sys.stderr)
+                raise SystemExit(130) from None
+
+        return main
+
+    return wrap
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_params(args: argparse.Namespace) -> None:
+    params = config.load(args.params)
+    if args.show:
+        for key, value in config.flatten(config.dump(params)).items():
+            print(f"{key}: {value}")
+    else:
+        print(f"{args.params}: ok (profile {params.profile}, source {params.prepare.source})")
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from . import tracking
+
+    cmd = tracking.ui_command(port=args.port)
+    print(" ".join(cmd), file=sys.stderr)
+    os.execvp(cmd[0], cmd)
+
+
+def cmd_world(args: argparse.Namespace) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from . import world
+
+    scenes = world.sample_scenes(args.seed, args.n, args.size)
+    cols = min(args.n, 8)
+    rows = -(-args.n // cols)
+    sheet = np.zeros((rows * args.size, cols * args.size, 3), dtype=np.uint8)
+    for i, scene in enumerate(scenes):
+        r, c = divmod(i, cols)
+        sheet[r * args.size : (r + 1) * args.size, c * args.size : (c + 1) * args.size] = scene.render()
+        print(f"{i}\t{scene.caption()}")
+    scale = max(1, 256 // args.size)
+    Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.Resampling.NEAREST).save(args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vlv",
+        description="Vision-Language-Vision auto-encoder. Stages run through DVC (`dvc repro`); these are the tools around them.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("params", help="validate a params file (and --show every resolved value)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--show", action="store_true", help="print every param as a dotted key")
+    p.set_defaults(fn=cmd_params)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on this project's store, bound to 127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(fn=cmd_ui)
+
+    p = sub.add_parser("world", help="render shapes-world scenes (spec v1) to a PNG sheet and print their captions")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--out", type=Path, default=Path("world.png"))
+    p.set_defaults(fn=cmd_world)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except VLVError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Typed params: the only reader of params.yaml (and of profiles/*.yaml).
+
+``load(path)`` validates the whole file against the schema below before any compute.
+An unknown key, a wrong type or an out-of-range value raises ``ParamsError`` with one
+line naming the dotted key, what is allowed, and what was given.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ParamsError
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+Channel = Annotated[int, Field(ge=0, le=255)]
+SPLITS = ("images", "pairs", "val", "test")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Splits(Section):
+    """Shares of the accepted inputs; they must sum to 1.
+
+    ``images`` feed stage 1 without captions, ``pairs`` (captioned only) feed stage 2,
+    ``val`` and ``test`` are held out.
+    """
+
+    images: Fraction = 0.87
+    pairs: Fraction = 0.10
+    val: Fraction = 0.015
+    test: Fraction = 0.015
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "Splits":
+        total = self.images + self.pairs + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"the shares images+pairs+val+test must sum to 1, they sum to {total:g}")
+        return self
+
+
+class Prepare(Section):
+    source: Literal["synthetic", "folder", "parquet", "webdataset"] = "synthetic"
+    path: str | None = Field(None, description="input folder, parquet file/folder, or folder/glob of .tar shards")
+    num_images: PosInt = Field(20000, description="synthetic only: accepted images to render")
+    image_size: Annotated[int, Field(ge=8, le=4096)] = 32
+    splits: Splits = Splits()
+    min_side: PosInt = Field(16, description="reject inputs whose short side is smaller")
+    max_megapixels: PosFloat = Field(40.0, description="reject inputs larger than this (decompression bombs)")
+    max_aspect: Annotated[float, Field(ge=1)] = Field(2.0, description="reject inputs with long/short side above this")
+    composite_background: tuple[Channel, Channel, Channel] = (255, 255, 255)
+    shard_size: PosInt = 4096
+    image_column: str = "image"
+    caption_column: str = "caption"
+    key_column: str | None = "key"
+
+    @model_validator(mode="after")
+    def _path_for_source(self) -> "Prepare":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"source {self.source!r} needs prepare.path (the input to ingest)")
+        return self
+
+
+class Tracking(Section):
+    experiment: str = "vlv"
+    system_metrics: bool = True
+    system_metrics_interval_s: PosFloat = 2.0
+
+
+class Components(Section):
+    """Where the pretrained parts come from: local folders, never hub ids."""
+
+    t2i: str = Field("models/pretrained/t2i", description="diffusers folder (stable-diffusion-2-1-base layout)")
+    vision: str | None = Field(None, description="Florence-2 folder; null = build from vision_card")
+    vision_card: str = "florence2-tiny"
+    llm: str = Field("models/pretrained/llm", description="transformers causal-LM folder")
+
+
+class Optim(Section):
+    lr: PosFloat
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    weight_decay: NonNegFloat = 0.01
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: NonNegInt = 0
+    grad_clip: PosFloat | None = 1.0
+
+
+class Stage1(Section):
+    num_queries: PosInt = 24
+    steps: PosInt = 800
+    global_batch: PosInt = 32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    optim: Optim = Optim(lr=5e-4)
+
+
+class Stage2(Section):
+    steps: PosInt = 1200
+    global_batch: PosInt = 32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    trainable: Literal["mlp", "mlp+llm", "mlp+llm+encoder"] = "mlp+llm+encoder"
+    max_caption_tokens: PosInt = 32
+    num_beams: PosInt = 1
+    max_new_tokens: PosInt = 32
+    optim: Optim = Optim(lr=1e-3, schedule="linear")
+
+
+class Cost(Section):
+    budget_usd: PosFloat = 1000.0
+
+
+class Params(Section):
+    seed: NonNegInt = 0
+    profile: Literal["embedded", "paper"] = "embedded"
+    prepare: Prepare = Prepare()
+    components: Components = Components()
+    stage1: Stage1 = Stage1()
+    stage2: Stage2 = Stage2()
+    tracking: Tracking = Tracking()
+    cost: Cost = Cost()
+
+
+# ------------------------------------------------------------------------------ loading
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise ParamsError (one line) on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found; run from the project root or pass --params") from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read params file ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ParamsError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+    return validate(raw or {}, source=str(path))
+
+
+def validate(raw: Any, source: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        line = _describe(errors[0])
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ParamsError(f"{source}: {line}{more}") from None
+
+
+def _describe(e: dict) -> str:
+    loc = [p for p in e["loc"] if isinstance(p, (str, int))]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_fields_at(loc[:-1]))
+        return f"{key}: unknown key; allowed keys here: {allowed}"
+    msg = e["msg"].removeprefix("Value error, ")
+    given = e.get("input")
+    shown = "" if kind == "value_error" or isinstance(given, dict) else f" (got {given!r})"
+    return f"{key}: {msg}{shown}"
+
+
+def _fields_at(loc: list) -> list[str]:
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def dump(params: Params) -> dict:
+    """Plain dict of every param (defaults filled in), for logging and display."""
+    return params.model_dump(mode="json")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys DVC and MLflow show."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,277 @@
+"""Where images come from: each source yields ``Item``s for vlv.data to validate.
+
+An item carries raw bytes (or, for the shapes world, ready pixels) plus its caption.
+Sources never decode images and never write files: a tar or parquet member is read
+into memory, so a member named ``/etc/x`` or ``../../x`` cannot escape the output folder;
+such names are reported as rejected instead. Anything a source cannot use (a README
+beside the images, a caption file with no image) is reported too: nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import world
+from .errors import VLVError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+CAPTION_EXTS = {".txt", ".caption"}
+
+
+@dataclass
+class Item:
+    """One candidate input. Exactly one of ``read`` / ``pixels`` is set."""
+
+    source: str  # where it came from, for people: a path, "shard.tar:member", "file.parquet#row"
+    key: str  # stable id within the source
+    read: Callable[[], bytes] | None = None
+    pixels: np.ndarray | None = None  # H x W x 3 uint8, already valid (shapes world)
+    caption: str | None = None
+    attributes: dict | None = None
+    ext: str = ""
+    rejection: "Rejection | None" = None  # set when the source already knows it is unusable
+
+
+@dataclass
+class Rejection:
+    source: str
+    reason: str  # short code, e.g. "duplicate"
+    detail: str
+
+
+@dataclass
+class Scan:
+    """A source's items (lazy), its up-front rejections, and its size when known."""
+
+    items: Iterator[Item]
+    total: int | None
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name could escape an output folder, or None if it is safe."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return f"absolute member name {name!r}"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return f"member name {name!r} climbs out with '..'"
+    return None
+
+
+# ---------------------------------------------------------------------------- synthetic
+def synthetic(seed: int, size: int, limit: int) -> Scan:
+    """Shapes-world scenes seed/0, seed/1, ... (the caller stops when it has enough)."""
+
+    def gen() -> Iterator[Item]:
+        for i in range(limit):
+            scene = world.scene_at(seed, i, size)
+            yield Item(
+                source=f"shapes-world seed={seed} index={i}",
+                key=f"syn-{i:07d}",
+                pixels=scene.render(),
+                caption=scene.caption(),
+                attributes=scene.attributes.to_dict(),
+            )
+
+    return Scan(gen(), total=None)
+
+
+# ------------------------------------------------------------------------------- folder
+def folder(root: str | Path) -> Scan:
+    """Every file under ``root``: images (+ sidecar .txt or captions.csv), the rest rejected."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VLVError(f"prepare.path: folder {root} does not exist; point it at a tree of images")
+    rejected: list[Rejection] = []
+    files: list[Path] = []
+
+    def on_error(err: OSError) -> None:
+        rejected.append(Rejection(str(err.filename), "unreadable", f"cannot list folder: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames.sort()
+        files.extend(Path(dirpath) / f for f in sorted(filenames))
+
+    csv_captions = _captions_csv(root / "captions.csv") if (root / "captions.csv").is_file() else {}
+    images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+    image_stems = {f.with_suffix("") for f in images}
+    for f in files:
+        if f.suffix.lower() in IMAGE_EXTS or f == root / "captions.csv":
+            continue
+        if f.suffix.lower() in CAPTION_EXTS:
+            if f.with_suffix("") not in image_stems:
+                rejected.append(Rejection(str(f), "orphan_caption", "caption file with no image of the same name"))
+            continue
+        rejected.append(Rejection(str(f), "not_image_file", f"extension {f.suffix or '(none)'!r} is not an image type"))
+
+    def gen() -> Iterator[Item]:
+        for f in images:
+            rel = f.relative_to(root).as_posix()
+            caption = csv_captions.get(rel)
+            sidecar = next((f.with_suffix(e) for e in CAPTION_EXTS if f.with_suffix(e).is_file()), None)
+            if sidecar is not None:
+                try:
+                    caption = sidecar.read_text(encoding="utf-8").strip() or caption
+                except (OSError, UnicodeDecodeError):
+                    pass  # the image is still usable; it simply has no caption
+            yield Item(source=str(f), key=rel, read=f.read_bytes, caption=caption, ext=f.suffix.lower())
+
+    return Scan(gen(), total=len(images), rejected=rejected)
+
+
+def _captions_csv(path: Path) -> dict[str, str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
+                raise VLVError(f"{path}: needs a header with columns 'file' and 'caption' (got {reader.fieldnames})")
+            return {row["file"].replace("\\", "/"): row["caption"] for row in reader if row.get("file")}
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise VLVError(f"{path}: cannot read captions.csv ({err}); fix or remove it") from None
+
+
+# ------------------------------------------------------------------------------ parquet
+def parquet(path: str | Path, image_column: str, caption_column: str, key_column: str | None) -> Scan:
+    """LAION-style parquet: one row per image, bytes (or {bytes: ...}) + caption columns."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        raise VLVError(f"prepare.path: no parquet file at {path}; point it at a .parquet file or a folder of them")
+    total = 0
+    metas = []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as err:  # pyarrow raises several types for a bad file
+            raise VLVError(f"{f}: not a readable parquet file ({err}); fix or remove it") from None
+        names = pf.schema_arrow.names
+        if image_column not in names:
+            raise VLVError(f"{f}: no column {image_column!r} (prepare.image_column); columns are {names}")
+        metas.append((f, pf, names))
+        total += pf.metadata.num_rows
+
+    def gen() -> Iterator[Item]:
+        for f, pf, names in metas:
+            cols = [c for c in (image_column, caption_column, key_column) if c and c in names]
+            row = 0
+            for batch in pf.iter_batches(batch_size=256, columns=cols):
+                data = batch.to_pydict()
+                for i in range(batch.num_rows):
+                    value = data[image_column][i]
+                    if isinstance(value, dict):  # Hugging Face datasets' Image feature
+                        value = value.get("bytes")
+                    key = str(data[key_column][i]) if key_column in data and data[key_column][i] else f"{row:08d}"
+                    where = f"{f}#{row}"
+                    row += 1
+                    bad = unsafe_name(key)
+                    if bad:
+                        yield _rejected_item(where, "unsafe_name", bad + "; it is never written to disk")
+                        continue
+                    yield Item(
+                        source=where,
+                        key=f"{f.stem}/{key}",
+                        read=(lambda v=value: v if v is not None else b""),
+                        caption=data[caption_column][i] if caption_column in data else None,
+                        ext=Path(key).suffix.lower(),
+                    )
+
+    return Scan(gen(), total=total)
+
+
+# --------------------------------------------------------------------------- webdataset
+def webdataset(path: str | Path) -> Scan:
+    """WebDataset .tar shards: members grouped by key (name up to the first dot)."""
+    p = str(path)
+    if os.path.isdir(p):
+        shards = sorted(glob.glob(os.path.join(p, "**", "*.tar"), recursive=True))
+    else:
+        shards = sorted(glob.glob(p))
+    if not shards:
+        raise VLVError(f"prepare.path: no .tar shards at {p}; point it at a folder, a .tar file or a glob")
+    return Scan(_tar_items(shards), total=None)
+
+
+def _tar_items(shards: list[str]) -> Iterator[Item]:
+    for shard in shards:
+        group_key: str | None = None
+        group: dict[str, tuple[str, bytes]] = {}
+        last = "(start)"
+        try:
+            with tarfile.open(shard, mode="r|*") as tar:
+                for member in tar:
+                    where = f"{shard}:{member.name}"
+                    last = member.name
+                    if member.isdir():
+                        continue
+                    bad = unsafe_name(member.name)
+                    if bad:
+                        yield _rejected_item(where, "unsafe_name", bad + "; it is never written to disk")
+                        continue
+                    if not member.isfile():
+                        yield _rejected_item(where, "not_regular_member", "tar member is a link or device; only regular files are read")
+                        continue
+                    stem, _, ext = _split_member(member.name)
+                    if stem != group_key:
+                        yield from _tar_group(shard, group_key, group)
+                        group_key, group = stem, {}
+                    fh = tar.extractfile(member)
+                    group[ext] = (where, fh.read() if fh else b"")
+        except (tarfile.TarError, OSError, EOFError) as err:
+            yield from _tar_group(shard, group_key, group)
+            yield _rejected_item(f"{shard}:{last}", "tar_truncated", f"shard unreadable after this member ({err})")
+            continue
+        yield from _tar_group(shard, group_key, group)
+
+
+def _split_member(name: str) -> tuple[str, str, str]:
+    d, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), dot, "." + ext.lower() if ext else ""
+
+
+def _tar_group(shard: str, key: str | None, group: dict[str, tuple[str, bytes]]) -> Iterator[Item]:
+    if key is None:
+        return
+    caption = None
+    for ext in (".txt", ".caption"):
+        if ext in group:
+            caption = group.pop(ext)[1].decode("utf-8", "replace").strip()
+    if ".json" in group:
+        where, raw = group.pop(".json")
+        try:
+            meta = json.loads(raw)
+            caption = caption or meta.get("caption") or meta.get("text")
+        except (json.JSONDecodeError, AttributeError):
+            yield _rejected_item(where, "bad_metadata", "json member is not a JSON object; caption ignored")
+    images = [e for e in group if e in IMAGE_EXTS]
+    for ext in group:
+        if ext not in IMAGE_EXTS:
+            yield _rejected_item(group[ext][0], "unused_member", f"extension {ext!r} is neither image nor caption")
+    for n, ext in enumerate(images):
+        where, raw = group[ext]
+        yield Item(
+            source=where,
+            key=f"{Path(shard).stem}/{key}" + (f"{ext}" if n else ""),
+            read=(lambda r=raw: r),
+            caption=caption,
+            ext=ext,
+        )
+    if not images:
+        yield _rejected_item(f"{shard}:{key}", "orphan_caption", "sample has no image member")
+
+
+def _rejected_item(source: str, reason: str, detail: str) -> Item:
+    """An item that is already rejected (carried in-band to keep the stream's order)."""
+    return Item(source=source, key=source, rejection=Rejection(source, reason, detail))

@@ -1,0 +1,169 @@
+"""MLflow setup shared by every stage: one store, one experiment, tagged runs.
+
+Store: ``sqlite:///<root>/mlruns/mlflow.db`` with artifacts under ``<root>/mlruns/artifacts``,
+both absolute. ``<root>`` is ``$DVC_ROOT`` when DVC runs the stage (for a queued
+``dvc exp run`` that is the main repo, not the temporary copy), else the project root.
+``MLFLOW_TRACKING_URI`` overrides the store (e.g. a tracking server).
+
+Each stage run is tagged with ``vlv.stage``, ``vlv.pipeline_id`` (shared by all stages of
+one ``dvc repro`` / ``dvc exp run``), ``vlv.git_commit`` (+ ``vlv.git_dirty``) and
+``vlv.dvc_exp`` when DVC names an experiment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from .config import Params, dump, flatten
+from .errors import VLVError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_pipeline_id: str | None = None
+
+
+def root_dir() -> Path:
+    """The project whose mlruns/ holds the store."""
+    env = os.environ.get("DVC_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").is_file() or (d / ".dvc").is_dir():
+            return d
+    return here
+
+
+def store_paths() -> tuple[str, str | None]:
+    """(tracking URI, artifact root or None when the URI is the user's)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    mlruns = root_dir() / "mlruns"
+    return f"sqlite:///{mlruns / 'mlflow.db'}", (mlruns / "artifacts").as_uri()
+
+
+def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    uri, artifacts = store_paths()
+    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if artifacts:
+        cmd += ["--default-artifact-root", artifacts]
+    return cmd
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store and return the experiment id, creating both once.
+
+    A fresh sqlite store is created under an exclusive file lock, so two stages (or two
+    sweep workers) that start together do not race on the schema migration.
+    """
+    import mlflow
+
+    uri, artifacts = store_paths()
+    mlflow.set_tracking_uri(uri)
+    lock_ctx = contextlib.nullcontext()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_ctx = _file_lock(db.with_name(".mlflow.lock"))
+    try:
+        with lock_ctx:
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(experiment)
+            if exp is not None:
+                exp_id = exp.experiment_id
+            else:
+                exp_id = client.create_experiment(experiment, artifact_location=f"{artifacts}/{experiment}" if artifacts else None)
+    except Exception as err:  # mlflow raises many types for an unreachable/broken store
+        raise VLVError(f"MLflow store {uri}: {type(err).__name__}: {str(err).splitlines()[0]}; check MLFLOW_TRACKING_URI or mlruns/") from None
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# -------------------------------------------------------------------------------- tags
+def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
+    cwd = cwd or Path.cwd()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True).stdout.strip())
+        return sha, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def pipeline_id() -> str:
+    """An id shared by every stage of one pipeline run.
+
+    ``$VLV_PIPELINE_ID`` when set (sweeps and scripts set it). Otherwise the nearest
+    ``dvc`` ancestor process (pid + start time): every stage of one ``dvc repro`` or
+    ``dvc exp run`` is a child of the same dvc process. A stage run by hand gets a fresh id.
+    """
+    global _pipeline_id
+    if _pipeline_id:
+        return _pipeline_id
+    env = os.environ.get("VLV_PIPELINE_ID")
+    if env:
+        _pipeline_id = env
+        return env
+    import psutil
+
+    proc = psutil.Process()
+    try:
+        for parent in proc.parents():
+            cmd = parent.cmdline()
+            if any(Path(a).name == "dvc" or a == "dvc" for a in cmd[:3]) or cmd[1:3] == ["-m", "dvc"]:
+                _pipeline_id = hashlib.sha1(f"{parent.pid}-{parent.create_time()}".encode()).hexdigest()[:12]
+                return _pipeline_id
+    except (psutil.Error, IndexError):
+        pass
+    _pipeline_id = uuid.uuid4().hex[:12]
+    return _pipeline_id
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    sha, dirty = git_commit()
+    tags = {
+        "vlv.stage": stage,
+        "vlv.pipeline_id": pipeline_id(),
+        "vlv.git_commit": sha,
+        "vlv.git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": sha,
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["vlv.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_STAGE"):
+        tags["vlv.dvc_stage"] = os.environ["DVC_STAGE"]
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params) -> Iterator["object"]:
+    """An MLflow run for one stage: tags, every param (dotted), system metrics."""
+    import mlflow
+
+    setup(params.tracking.experiment)
+    if params.tracking.system_metrics:
+        mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
+    run_name = f"{stage}-{pipeline_id()}"
+    with mlflow.start_run(run_name=run_name, tags=run_tags(stage), log_system_metrics=params.tracking.system_metrics) as run:
+        flat = flatten(dump(params))
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            mlflow.log_params({k: str(v) for k, v in items[i : i + 100]})
+        yield run
