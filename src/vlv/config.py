@@ -101,7 +101,7 @@ class Stage1(Section):
     steps: PosInt = 800
     global_batch: PosInt = 32
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    optim: Optim = Optim(lr=5e-4)
+    optim: Optim = Optim(lr=5e-4, warmup_steps=50)
 
 
 class Stage2(Section):
@@ -112,7 +112,7 @@ class Stage2(Section):
     max_caption_tokens: PosInt = 32
     num_beams: PosInt = 1
     max_new_tokens: PosInt = 32
-    optim: Optim = Optim(lr=1e-3, schedule="linear")
+    optim: Optim = Optim(lr=1e-3, schedule="linear", warmup_steps=50)
 
 
 class Cost(Section):

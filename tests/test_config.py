@@ -1,0 +1,94 @@
+"""Typed params: every file validates; every bad value fails with one line naming the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlv import config
+from vlv.errors import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/paper.yaml"])
+def test_shipped_params_validate(path):
+    p = config.load(ROOT / path)
+    assert p.stage1.num_queries > 0
+
+
+def test_paper_profile_holds_the_paper_recipe():
+    p = config.load(ROOT / "profiles/paper.yaml")
+    assert p.profile == "paper"
+    assert (p.stage1.num_queries, p.stage1.steps, p.stage1.global_batch) == (77, 200_000, 512)
+    assert p.stage1.optim.lr == 5e-5 and p.stage1.optim.betas == (0.9, 0.99) and p.stage1.precision == "fp32"
+    assert (p.stage2.steps, p.stage2.global_batch, p.stage2.optim.lr, p.stage2.precision) == (100_000, 64, 1e-5, "bf16")
+    assert p.stage2.num_beams == 4 and p.stage2.max_new_tokens == 300
+    assert p.prepare.image_size == 384
+    for folder in (p.components.t2i, p.components.vision, p.components.llm):
+        assert folder.startswith("/"), "paper parts come from local folders"
+
+
+def test_defaults_equal_params_yaml():
+    """params.yaml spells out the schema's defaults: nothing hides in code."""
+    assert config.load(ROOT / "params.yaml") == config.Params()
+
+
+@pytest.mark.parametrize(
+    "raw, key, words",
+    [
+        ({"stage1": {"num_queries": 0}}, "stage1.num_queries", "greater than 0"),
+        ({"stage1": {"optim": {"lr": -1e-4}}}, "stage1.optim.lr", "greater than 0"),
+        ({"prepare": {"splits": {"images": 0.5, "pairs": 0.1, "val": 0.1, "test": 0.1}}}, "prepare.splits", "sum to 1"),
+        ({"prepare": {"sourc": "folder"}}, "prepare.sourc", "allowed keys here: source"),
+        ({"prepare": {"source": "s3"}}, "prepare.source", "'synthetic', 'folder', 'parquet' or 'webdataset'"),
+        ({"prepare": {"source": "folder"}}, "prepare", "needs prepare.path"),
+        ({"stage1": {"steps": "many"}}, "stage1.steps", "valid integer"),
+        ({"stage2": {"trainable": "all"}}, "stage2.trainable", "'mlp', 'mlp+llm' or 'mlp+llm+encoder'"),
+        ({"prepare": {"composite_background": [0, 0, 300]}}, "prepare.composite_background.2", "less than or equal to 255"),
+        ({"nonsense": 1}, "nonsense", "allowed keys here: seed, profile"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(raw, key, words):
+    with pytest.raises(ParamsError) as info:
+        config.validate(raw, source="p.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"p.yaml: {key}:")
+    assert words in msg
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("seed: 0\nprepare: [\n")
+    with pytest.raises(ParamsError, match=r"p.yaml: line 3: .*fix the YAML syntax"):
+        config.load(f)
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_with_bad_params_prints_one_line_and_exits_nonzero(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stage1": {"num_queries": 0}}))
+    r = _run("-m", "vlv.cli", "params", "--params", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert "stage1.num_queries" in r.stderr and r.stdout == ""
+
+
+def test_stage_script_with_bad_params_fails_before_compute(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"prepare": {"splits": {"images": 1, "pairs": 1, "val": 0, "test": 0}}}))
+    r = _run(str(ROOT / "pipelines/prepare.py"), "--params", str(bad), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "prepare.splits" in r.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_flatten_gives_dotted_keys():
+    flat = config.flatten(config.dump(config.Params()))
+    assert flat["prepare.splits.pairs"] == 0.10 and flat["stage1.optim.lr"] == 5e-4
