@@ -179,6 +179,10 @@ def parquet(path: str | Path, image_column: str, caption_column: str, key_column
                     if bad:
                         yield _rejected_item(where, "unsafe_name", bad + "; it is never written to disk")
                         continue
+                    if value is not None and not isinstance(value, bytes):
+                        kind = type(value).__name__
+                        yield _rejected_item(where, "not_an_image", f"column {image_column!r} holds {kind}, not image bytes")
+                        continue
                     yield Item(
                         source=where,
                         key=f"{f.stem}/{key}",
@@ -228,6 +232,10 @@ def _tar_items(shards: list[str]) -> Iterator[Item]:
                         group_key, group = stem, {}
                     fh = tar.extractfile(member)
                     group[ext] = (where, fh.read() if fh else b"")
+                # tarfile stops quietly at a missing or cut header; only a full zero
+                # block (just read, at tar.offset) marks a complete archive
+                if tar.fileobj.tell() - tar.offset < tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError("archive ends without its end-of-archive block")
         except (tarfile.TarError, OSError, EOFError) as err:
             yield from _tar_group(shard, group_key, group)
             yield _rejected_item(f"{shard}:{last}", "tar_truncated", f"shard unreadable after this member ({err})")
@@ -242,7 +250,7 @@ def _split_member(name: str) -> tuple[str, str, str]:
 
 
 def _tar_group(shard: str, key: str | None, group: dict[str, tuple[str, bytes]]) -> Iterator[Item]:
-    if key is None:
+    if key is None or not group:  # no group yet, or its first member was cut off
         return
     caption = None
     for ext in (".txt", ".caption"):

@@ -1,0 +1,338 @@
+"""One training loop for every stage (pretrain's parts, stage 1, stage 2), on Accelerate.
+
+The module trained is a ``torch.nn.Module`` whose ``forward(batch)`` returns the mean
+training loss of that micro-batch (so DDP sees the forward and syncs gradients). It may
+define ``param_groups()`` -> list of ``{"params": [...], "lr": ...}`` for per-part learning
+rates; otherwise every parameter with ``requires_grad`` trains at ``optim.lr``.
+
+Data order is a pure function of (seed, global sample position): global step ``s`` consumes
+positions ``s*G .. s*G+G-1`` (G = global batch) of an endless stream of per-epoch seeded
+permutations. Each process takes its share of every accumulation chunk, and every sample
+carries its ``sample_id`` (the position) so that per-sample randomness (noise, timesteps)
+is seeded by it. Hence a run resumed from a checkpoint, or split over N processes with the
+same global batch, sees exactly the same samples with the same noise.
+
+Checkpoints (every ``checkpoint_every`` steps and at the end) are folders written to a
+temporary name and renamed: trainable weights (safetensors), optimizer and LR-scheduler
+state, per-process RNG state, and meta.json (step, losses, seconds, fingerprint). A stage
+restarted after a crash or kill -9 resumes from the newest checkpoint whose fingerprint
+(the params and data it was made for) matches; any other checkpoint is discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .config import Optim
+from .errors import VLVError
+
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    name: str  # for messages, checkpoint folders and metric names
+    steps: int
+    global_batch: int
+    micro_batch: int
+    optim: Optim
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    seed: int = 0
+    checkpoint_every: int = 0  # 0 = only at the end
+    log_every: int = 10
+    num_workers: int = 0
+
+
+@dataclass
+class Result:
+    steps: int
+    losses: list[float]
+    seconds: float
+    samples: int
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+
+# ----------------------------------------------------------------------------- processes
+_ACCELERATOR = None
+
+
+def accelerator():
+    """The process's Accelerator (created once; DDP over gloo on CPU, NCCL on GPUs)."""
+    global _ACCELERATOR
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+
+        _ACCELERATOR = Accelerator(mixed_precision="no")
+    return _ACCELERATOR
+
+
+def accumulation(spec: LoopSpec, world_size: int) -> int:
+    per_step = spec.micro_batch * world_size
+    if spec.global_batch % per_step:
+        raise VLVError(
+            f"{spec.name}: global_batch={spec.global_batch} is not a multiple of micro_batch x processes "
+            f"= {spec.micro_batch} x {world_size}; change {spec.name}.global_batch or {spec.name}.micro_batch"
+        )
+    return spec.global_batch // per_step
+
+
+# ----------------------------------------------------------------------------- sampling
+class Stream(Dataset):
+    """Position p -> dataset item of a seeded per-epoch permutation, plus its ``sample_id``."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.n = dataset, seed, len(dataset)
+        if self.n == 0:
+            raise VLVError("the training split is empty; check prepare.splits and the prepared data")
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = self._perms[epoch] = torch.randperm(self.n, generator=g)
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+        return int(perm[offset])
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, position: int) -> dict:
+        item = dict(self.dataset[self.index(position)])
+        item["sample_id"] = position
+        return item
+
+
+class MicroBatches(Sampler):
+    """This process's micro-batches of positions, from ``start_step`` to ``steps``."""
+
+    def __init__(self, spec: LoopSpec, start_step: int, rank: int, world: int, accum: int):
+        self.spec, self.start, self.rank, self.world, self.accum = spec, start_step, rank, world, accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m, g = self.spec.micro_batch, self.spec.global_batch
+        for step in range(self.start, self.spec.steps):
+            for k in range(self.accum):
+                first = step * g + (k * self.world + self.rank) * m
+                yield list(range(first, first + m))
+
+    def __len__(self) -> int:
+        return (self.spec.steps - self.start) * self.accum
+
+
+def sample_generators(sample_ids: torch.Tensor, seed: int, salt: int = 0) -> list[torch.Generator]:
+    """One generator per sample, seeded by its position: randomness independent of batching."""
+    return [torch.Generator().manual_seed((seed * 7919 + salt) * 1_000_003 + int(i)) for i in sample_ids]
+
+
+def per_sample_randn(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+def per_sample_randint(high: int, generators: list[torch.Generator]) -> torch.Tensor:
+    return torch.stack([torch.randint(0, high, (), generator=g) for g in generators])
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _step_dirs(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob("step-*") if (p / "meta.json").is_file())
+
+
+def latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    for d in reversed(_step_dirs(ckpt_dir)):
+        meta = json.loads((d / "meta.json").read_text())
+        if meta.get("fingerprint") == fingerprint:
+            return d
+    return None
+
+
+def clear_checkpoints(ckpt_dir: str | Path) -> None:
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save(ckpt_dir: Path, step: int, model, optimizer, scheduler, meta: dict, acc) -> None:
+    tmp = ckpt_dir / f".tmp-step-{step:08d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / f"rng-{acc.process_index}.safetensors"))
+    if acc.is_main_process:
+        save_file(_trainable_state(acc.unwrap_model(model)), str(tmp / "weights.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        final = ckpt_dir / f"step-{step:08d}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _step_dirs(ckpt_dir)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _load(path: Path, model, optimizer, scheduler, acc) -> dict:
+    weights = load_file(str(path / "weights.safetensors"))
+    target = acc.unwrap_model(model)
+    missing = [n for n, p in target.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise VLVError(f"checkpoint {path} lacks {len(missing)} trainable tensors (e.g. {missing[0]}); delete it to start fresh")
+    with torch.no_grad():
+        for n, p in target.named_parameters():
+            if n in weights:
+                p.copy_(weights[n].to(p.device, p.dtype))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{acc.process_index}.safetensors"
+    if rng_file.is_file():
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    return json.loads((path / "meta.json").read_text())
+
+
+# ---------------------------------------------------------------------------------- loop
+def _param_groups(model: torch.nn.Module, optim: Optim) -> list[dict]:
+    groups = model.param_groups() if hasattr(model, "param_groups") else [
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": optim.lr}
+    ]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise VLVError("nothing to train: every parameter is frozen; check the stage's trainable setting")
+    return groups
+
+
+def _schedule(optimizer, optim: Optim, steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[optim.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=min(optim.warmup_steps, steps), num_training_steps=steps)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    spec: LoopSpec,
+    ckpt_dir: str | Path,
+    fingerprint: str,
+    collate: Callable | None = None,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> Result:
+    """Train ``model`` for ``spec.steps`` optimizer steps; resume from a matching checkpoint."""
+    acc = accelerator()
+    ckpt_dir = Path(ckpt_dir)
+    accum = accumulation(spec, acc.num_processes)
+    groups = _param_groups(model, spec.optim)
+    optimizer = torch.optim.AdamW(groups, betas=spec.optim.betas, weight_decay=spec.optim.weight_decay)
+    scheduler = _schedule(optimizer, spec.optim, spec.steps)
+    model = model.to(acc.device)
+    ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
+
+    start, losses, seconds_before = 0, [], 0.0
+    found = latest_checkpoint(ckpt_dir, fingerprint)
+    if found is None and _step_dirs(ckpt_dir) and acc.is_main_process:
+        print(f"{spec.name}: checkpoints in {ckpt_dir} are for other params or data; starting fresh")
+        clear_checkpoints(ckpt_dir)
+    acc.wait_for_everyone()
+    if found is not None:
+        meta = _load(found, ddp_model, optimizer, scheduler, acc)
+        start, losses, seconds_before = meta["step"], meta["losses"], meta["seconds"]
+        if acc.is_main_process:
+            print(f"{spec.name}: resuming from {found} (step {start} of {spec.steps})")
+
+    loader = DataLoader(
+        Stream(dataset, spec.seed),
+        batch_sampler=MicroBatches(spec, start, acc.process_index, acc.num_processes, accum),
+        num_workers=spec.num_workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(spec.seed),  # keeps the global RNG (dropout) untouched
+    )
+    autocast = (
+        torch.autocast(acc.device.type, dtype=torch.bfloat16) if spec.precision == "bf16" else contextlib.nullcontext()
+    )
+    t0 = time.perf_counter()
+
+    def meta(step: int) -> dict:
+        return {"step": step, "losses": losses, "seconds": seconds_before + time.perf_counter() - t0,
+                "fingerprint": fingerprint, "world_size": acc.num_processes, "name": spec.name}
+
+    bar = tqdm(total=spec.steps, initial=start, desc=spec.name, unit="step", disable=not (progress and acc.is_main_process))
+    batches = iter(loader)
+    ddp_model.train()
+    for step in range(start, spec.steps):
+        total = torch.zeros((), device=acc.device)
+        for k in range(accum):
+            batch = _to_device(next(batches), acc.device)
+            sync = contextlib.nullcontext() if k == accum - 1 or acc.num_processes == 1 else acc.no_sync(ddp_model)
+            with sync:
+                with autocast:
+                    loss = ddp_model(batch)
+                (loss.float() / accum).backward()
+            total += loss.detach().float() / accum
+        mean_loss = float(acc.reduce(total, reduction="mean")) if acc.num_processes > 1 else float(total)
+        if not math.isfinite(mean_loss):
+            bar.close()
+            kept = latest_checkpoint(ckpt_dir, fingerprint)
+            raise VLVError(
+                f"{spec.name}: loss is {mean_loss} at step {step + 1}; stopped before the update. "
+                f"Last good checkpoint: {kept or 'none'}. Lower {spec.name} lr or check the inputs"
+            )
+        grad_norm = None
+        if spec.optim.grad_clip:
+            grad_norm = acc.clip_grad_norm_([p for g in groups for p in g["params"]], spec.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(mean_loss)
+        done = step + 1
+        bar.update()
+        if done % max(1, spec.log_every) == 0 or done == spec.steps:
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if log is not None and acc.is_main_process:
+                window = losses[-max(1, spec.log_every):]
+                metrics = {"loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0]}
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
+                log(done, metrics)
+        if (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == spec.steps:
+            _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
+    bar.close()
+    final = meta(spec.steps)
+    return Result(steps=spec.steps, losses=losses, seconds=final["seconds"],
+                  samples=(spec.steps - start) * spec.global_batch, resumed_from=start)
