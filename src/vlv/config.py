@@ -96,23 +96,80 @@ class Optim(Section):
     grad_clip: PosFloat | None = 1.0
 
 
-class Stage1(Section):
-    num_queries: PosInt = 24
-    steps: PosInt = 800
+class Loop(Section):
+    """Settings of one run of the shared training loop (vlv.train)."""
+
+    steps: PosInt = 100
     global_batch: PosInt = 32
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    optim: Optim = Optim(lr=5e-4, warmup_steps=50)
+    micro_batch: PosInt | None = Field(None, description="per process; null = global_batch / processes (no accumulation)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    optim: Optim = Optim(lr=1e-3)
+    checkpoint_every: NonNegInt = Field(100, description="steps between checkpoints; 0 = only at the end")
+    log_every: PosInt = 10
+    num_workers: NonNegInt = 0
 
 
-class Stage2(Section):
+class VAELoop(Loop):
+    steps: PosInt = 400
+    optim: Optim = Optim(lr=1e-3, warmup_steps=20)
+    kl_weight: NonNegFloat = 1e-6
+
+
+class TeacherLoop(Loop):
     steps: PosInt = 1200
-    global_batch: PosInt = 32
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    optim: Optim = Optim(lr=1e-3, warmup_steps=50)
+    caption_dropout: Fraction = 0.1
+
+
+class LMLoop(Loop):
+    steps: PosInt = 300
+    optim: Optim = Optim(lr=2e-3, warmup_steps=20)
+
+
+class PretrainEval(Section):
+    prompts: PosInt = Field(60, description="single-object prompts for the colour check")
+    steps: PosInt = 20
+    guidance_scale: NonNegFloat = 4.0
+
+
+class Pretrain(Section):
+    """Embedded profile only: train the parts the paper downloads (saved as HF folders)."""
+
+    vae: VAELoop = VAELoop()
+    teacher: TeacherLoop = TeacherLoop()
+    llm: LMLoop = LMLoop()
+    eval: PretrainEval = PretrainEval()
+
+
+EncoderPart = Literal["queries", "projection", "language_model", "image_projector", "vision_tower"]
+
+
+class Stage1Eval(Section):
+    images: PosInt = Field(256, description="val images for the conditioning comparison")
+    noise_draws: PosInt = Field(4, description="noise/timestep draws per image (shared by every condition)")
+    recon_images: PosInt = 8
+    recon_steps: PosInt = 25
+    guidance_scale: NonNegFloat = 2.0
+
+
+class Stage1(Loop):
+    steps: PosInt = 800
+    optim: Optim = Optim(lr=5e-4, warmup_steps=50)
+    num_queries: Annotated[int, Field(gt=0, le=512)] = 24
+    trainable: list[EncoderPart] = Field(
+        default_factory=lambda: ["queries", "projection", "language_model", "image_projector", "vision_tower"],
+        min_length=1,
+    )
+    eval: Stage1Eval = Stage1Eval()
+
+
+class Stage2(Loop):
+    steps: PosInt = 1200
+    optim: Optim = Optim(lr=1e-3, schedule="linear", warmup_steps=50)
     trainable: Literal["mlp", "mlp+llm", "mlp+llm+encoder"] = "mlp+llm+encoder"
     max_caption_tokens: PosInt = 32
     num_beams: PosInt = 1
     max_new_tokens: PosInt = 32
-    optim: Optim = Optim(lr=1e-3, schedule="linear", warmup_steps=50)
 
 
 class Cost(Section):
@@ -124,6 +181,7 @@ class Params(Section):
     profile: Literal["embedded", "paper"] = "embedded"
     prepare: Prepare = Prepare()
     components: Components = Components()
+    pretrain: Pretrain = Pretrain()
     stage1: Stage1 = Stage1()
     stage2: Stage2 = Stage2()
     tracking: Tracking = Tracking()

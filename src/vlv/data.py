@@ -396,3 +396,11 @@ def sample_grid(root: str | Path, path: str | Path, n: int = 16, split: str = "i
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def manifest_hash(root: str | Path) -> str:
+    """sha256 of manifest.parquet: names the exact prepared data a checkpoint was made from."""
+    path = Path(root) / "manifest.parquet"
+    if not path.is_file():
+        raise VLVError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

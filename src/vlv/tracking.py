@@ -167,3 +167,13 @@ def stage_run(stage: str, params: Params) -> Iterator["object"]:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             mlflow.log_params({k: str(v) for k, v in items[i : i + 100]})
         yield run
+
+
+def metric_logger(prefix: str):
+    """A ``log(step, metrics)`` callback for vlv.train that writes ``prefix/name`` to the active run."""
+    import mlflow
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step=step)
+
+    return log

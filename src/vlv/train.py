@@ -84,6 +84,16 @@ def accelerator():
     return _ACCELERATOR
 
 
+def spec_from(section, name: str, seed: int) -> LoopSpec:
+    """A LoopSpec from a params section (config.Loop); micro_batch null = no accumulation."""
+    world = accelerator().num_processes
+    micro = section.micro_batch or max(1, section.global_batch // world)
+    return LoopSpec(name=name, steps=section.steps, global_batch=section.global_batch, micro_batch=micro,
+                    optim=section.optim, precision=section.precision, seed=seed,
+                    checkpoint_every=section.checkpoint_every, log_every=section.log_every,
+                    num_workers=section.num_workers)
+
+
 def accumulation(spec: LoopSpec, world_size: int) -> int:
     per_step = spec.micro_batch * world_size
     if spec.global_batch % per_step:
@@ -336,3 +346,14 @@ def train(
     final = meta(spec.steps)
     return Result(steps=spec.steps, losses=losses, seconds=final["seconds"],
                   samples=(spec.steps - start) * spec.global_batch, resumed_from=start)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of what a checkpoint was made for (params sections, data hash, ...)."""
+    import hashlib
+
+    def plain(x: Any) -> Any:
+        return x.model_dump(mode="json") if hasattr(x, "model_dump") else x
+
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,84 @@
+"""DVC stage `stage1`: distil the frozen T2I decoder into the VLV encoder, images only.
+
+Writes the encoder (models/stage1: Florence-2 weights + queries + projection, loadable in
+one call), metrics on the val split (denoising loss under four conditionings, with
+standard errors), a reconstruction grid and the loss curve.
+"""
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+
+from vlv import components, config, data, plots, tracking
+from vlv.autoencoder import VLVAutoencoder, VLVEncoder, conditioning_report
+from vlv.cli import stage
+from vlv.train import clear_checkpoints, fingerprint, spec_from, train
+
+DATA = Path("data/prepared")
+OUT = Path("models/stage1")
+CKPT = Path("checkpoints/stage1")
+METRICS = Path("metrics/stage1.json")
+PLOTS = Path("plots/stage1")
+
+
+def build(params: config.Params) -> VLVAutoencoder:
+    c, s = params.components, params.stage1
+    t2i = components.load_t2i(c.t2i)
+    vision = components.vision(c.vision, c.vision_card)
+    torch.manual_seed(params.seed)
+    encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size))
+    encoder.set_trainable(s.trainable)
+    return VLVAutoencoder(encoder, t2i, seed=params.seed)
+
+
+def reconstruction_grid(model: VLVAutoencoder, val, params: config.Params) -> Path:
+    e = params.stage1.eval
+    items = [val[i] for i in range(min(e.recon_images, len(val)))]
+    x = torch.stack([it["pixel_values"] for it in items])
+    recon = model.reconstruct(x, e.guidance_scale, e.recon_steps, seed=params.seed)
+    from_caption = model.generate(model.clip.from_text([it["caption"] for it in items]), x.shape[-1], e.guidance_scale,
+                                  e.recon_steps, seed=params.seed)
+    rows = [list(r) for r in zip(plots.to_uint8(x), plots.to_uint8(recon), plots.to_uint8(from_caption))]
+    return plots.image_grid(rows, PLOTS / "reconstructions.png", row_titles=[it["caption"] for it in items],
+                            col_titles=["original", "VLV reconstruction", "from caption"],
+                            title=f"stage 1: CFG {e.guidance_scale:g}, {e.recon_steps} DDIM steps")
+
+
+@stage("stage1")
+def main(params: config.Params) -> None:
+    """Train the VLV encoder against the frozen diffusion decoder."""
+    s = params.stage1
+    with tracking.stage_run("stage1", params):
+        model = build(params)
+        images = data.ShardDataset(DATA, "images")  # no captions: stage 1 sees images only
+        mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
+                           "stage1.vision_source": model.encoder.vision_source})
+        run = train(model, images, spec_from(s, "stage1", params.seed), CKPT,
+                    fingerprint(params.components, s.model_dump(exclude={"eval"}), data.manifest_hash(DATA), params.seed),
+                    log=tracking.metric_logger("stage1"))
+        model.encoder.save(OUT, extra={"t2i": params.components.t2i, "resolution": params.prepare.image_size})
+
+        val = data.ShardDataset(DATA, "val", captions=True)
+        report = conditioning_report(model, val, s.eval.images, s.eval.noise_draws, params.seed)
+        PLOTS.mkdir(parents=True, exist_ok=True)
+        plots.loss_curves({"stage 1 denoising loss": run.losses}, PLOTS / "loss.png", title="stage 1")
+        reconstruction_grid(model, val, params)
+        metrics = {**report, "final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
+                   "samples": run.samples, "samples_per_second": run.samples / run.seconds if run.seconds else 0.0}
+        METRICS.parent.mkdir(parents=True, exist_ok=True)
+        METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+        mlflow.log_metrics({f"stage1/val/{k}": float(v) for k, v in metrics.items()})
+        for f in sorted(PLOTS.glob("*.png")):
+            mlflow.log_artifact(str(f), "stage1")
+        clear_checkpoints(CKPT)
+        print(
+            f"stage1: val loss vlv {report['loss_vlv']:.4f} | uncond {report['loss_uncond']:.4f} | caption "
+            f"{report['loss_caption']:.4f} | shuffled {report['loss_shuffled']:.4f}; gain vlv {report['gain_vlv']:.4f} "
+            f"(z {report['gain_vlv_z']:.1f}), distillation gap {report['distillation_gap']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
