@@ -54,7 +54,8 @@ def train_embedded(params: config.Params) -> dict:
                     CKPT / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
     sample = torch.stack([dataset[i]["pixel_values"] for i in range(min(1024, len(dataset)))])
     t2i.vae.register_to_config(scaling_factor=pretrain.latent_scaling(t2i.vae, sample))
-    teacher = pretrain.TeacherObjective(t2i, p.teacher.caption_dropout, seed)
+    teacher = pretrain.TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
+                                        p.teacher.high_noise_share, p.teacher.high_noise_from)
     teacher_run = train(teacher, dataset, spec_from(p.teacher, "pretrain.teacher", seed), CKPT / "teacher",
                         fingerprint(card, p.vae, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
     components.save_t2i(t2i, tmp / "t2i")
@@ -77,13 +78,15 @@ def train_embedded(params: config.Params) -> dict:
     lm_report = pretrain.lm_check(llm_parts.model, llm_parts.tokenizer)
     n_show = min(24, check.n)
     plots.image_grid([list(check.images[i : i + 8]) for i in range(0, n_show, 8)], PLOTS / "teacher_samples.png",
-                     title=f"teacher samples (single-object prompts); prompted colour dominant in {check.rate:.0%}")
+                     title=f"teacher samples (single-object prompts): prompted colour dominant in {check.rate:.0%}, "
+                           f"prompted background in {check.background_rate:.0%}")
     (PLOTS / "teacher_prompts.json").write_text(json.dumps(
         [{"prompt": pr, "dominant": d} for pr, d in zip(check.prompts, check.predicted)], indent=2) + "\n")
     plots.loss_curves({"vae": vae_run.losses, "teacher (UNet + CLIP)": teacher_run.losses, "caption LM": lm_run.losses},
                       PLOTS / "losses.png", title="pretrain losses")
     return {
         "teacher_colour_rate": check.rate, "teacher_colour_chance": 1 / 6, "teacher_colour_prompts": check.n,
+        "teacher_background_rate": check.background_rate, "teacher_background_chance": 1 / 3,
         "lm_grammatical_rate": lm_report["grammatical_rate"], "lm_samples": lm_report["samples"],
         "vae_final_loss": vae_run.final_loss, "teacher_final_loss": teacher_run.final_loss, "lm_final_loss": lm_run.final_loss,
         "vae_scaling_factor": float(t2i.vae.config.scaling_factor),

@@ -167,6 +167,8 @@ class VLVAutoencoder(nn.Module):
         self.scheduler = t2i.scheduler
         self.seed, self.lr = seed, lr
         self.scaling = float(self.vae.config.scaling_factor)
+        if encoder.num_queries > self.clip.max_length:
+            raise VLVError(f"stage1.num_queries={encoder.num_queries} exceeds the CLIP text encoder's {self.clip.max_length} positions; lower it")
         cross = int(self.unet.config.cross_attention_dim)
         if self.clip.width != cross or encoder.projection[-1].out_features != self.clip.width:
             raise VLVError(

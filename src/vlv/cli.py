@@ -81,6 +81,32 @@ def cmd_world(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .autoencoder import load_autoencoder
+    from .plots import to_uint8
+
+    model = load_autoencoder(args.model, args.t2i)
+    size = int(model.encoder.config.get("resolution", model.encoder.image_size))
+    from .data import load_image_folder
+
+    images = load_image_folder(args.images, size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(0, len(images), args.batch_size), desc="reconstruct", unit="batch"):
+        chunk = images[i : i + args.batch_size]
+        x = torch.stack([t for _, t in chunk])
+        recon = model.reconstruct(x, args.guidance_scale, args.steps, seed=args.seed)
+        for (name, _), a, b in zip(chunk, to_uint8(x), to_uint8(recon)):
+            pair = np.concatenate([a, b], axis=1)
+            target = args.out / (Path(name).with_suffix("").as_posix().replace("/", "__") + "_recon.png")
+            Image.fromarray(pair).save(target)
+    print(f"wrote {len(images)} side-by-side reconstructions (input | reconstruction) to {args.out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="vlv",
@@ -103,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--out", type=Path, default=Path("world.png"))
     p.set_defaults(fn=cmd_world)
+
+    p = sub.add_parser("reconstruct", help="images back from their VLV embeddings (input | reconstruction PNGs)")
+    p.add_argument("images", type=Path, help="folder of images (any size or mode)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=Path("models/stage1"), help="the stage-1 encoder folder")
+    p.add_argument("--t2i", type=Path, default=None, help="T2I folder (default: the one the encoder was trained with)")
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_reconstruct)
     return ap
 
 

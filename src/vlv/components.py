@@ -87,7 +87,7 @@ def load_t2i(folder: str | Path, param: str = "components.t2i") -> T2IParts:
 
     path = _check_folder(folder, param, T2I_LAYOUT, T2I_DESCRIPTION)
     for sub in ("vae", "text_encoder", "unet"):
-        _check_safetensors(path / sub, f"{param} ({sub}/)", T2I_DESCRIPTION)
+        _check_safetensors(path / sub, param, T2I_DESCRIPTION)
     kw = dict(param=param, folder=path, description=T2I_DESCRIPTION)
     st = dict(use_safetensors=True, local_files_only=True)
     return T2IParts(

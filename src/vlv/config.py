@@ -110,19 +110,23 @@ class Loop(Section):
 
 
 class VAELoop(Loop):
-    steps: PosInt = 400
+    steps: PosInt = 200
     optim: Optim = Optim(lr=1e-3, warmup_steps=20)
     kl_weight: NonNegFloat = 1e-6
 
 
 class TeacherLoop(Loop):
-    steps: PosInt = 1200
-    optim: Optim = Optim(lr=1e-3, warmup_steps=50)
+    steps: PosInt = 1500
+    global_batch: PosInt = 16
+    optim: Optim = Optim(lr=2e-3, warmup_steps=50)
     caption_dropout: Fraction = 0.1
+    high_noise_share: Fraction = Field(0.5, description="share of samples with t from the noisiest part of the schedule")
+    high_noise_from: Fraction = Field(0.7, description="where that noisiest part starts, as a share of the timesteps")
+    snr_gamma: PosFloat | None = Field(None, description="min-SNR loss weighting; null = plain MSE")
 
 
 class LMLoop(Loop):
-    steps: PosInt = 300
+    steps: PosInt = 200
     optim: Optim = Optim(lr=2e-3, warmup_steps=20)
 
 

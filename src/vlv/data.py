@@ -404,3 +404,33 @@ def manifest_hash(root: str | Path) -> str:
     if not path.is_file():
         raise VLVError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_image_folder(folder: Path, size: int) -> list[tuple[str, "torch.Tensor"]]:
+    """Every image under ``folder`` as (name, 3xSxS tensor in [-1, 1]); unreadable files
+    are listed on stderr and skipped (never fatal)."""
+    import sys
+
+    import torch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VLVError(f"{folder}: no such folder; pass a folder of images")
+    p = Prepare(image_size=size, min_side=1, max_aspect=1e6)
+    out = []
+    for f in sorted(x for x in folder.rglob("*") if x.is_file()):
+        if f.suffix.lower() not in sources.IMAGE_EXTS:
+            continue
+        try:
+            pixels, _, _ = decode(f.read_bytes(), p, f.suffix.lower())
+        except Reject as r:
+            print(f"skipped {f}: {r.detail}", file=sys.stderr)
+            continue
+        except OSError as err:
+            print(f"skipped {f}: cannot read ({err.strerror})", file=sys.stderr)
+            continue
+        x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 127.5 - 1
+        out.append((f.relative_to(folder).as_posix(), x))
+    if not out:
+        raise VLVError(f"{folder}: no readable images found")
+    return out

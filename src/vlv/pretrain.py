@@ -51,8 +51,10 @@ def latent_scaling(vae, images: torch.Tensor) -> float:
 class TeacherObjective(nn.Module):
     """Text encoder + UNet on frozen-VAE latents; captions dropped to "" with probability p."""
 
-    def __init__(self, t2i: T2IParts, caption_dropout: float, seed: int):
+    def __init__(self, t2i: T2IParts, caption_dropout: float, seed: int, snr_gamma: float | None = None,
+                 high_noise_share: float = 0.0, high_noise_from: float = 0.7):
         super().__init__()
+        self.snr_gamma, self.high_noise_share, self.high_noise_from = snr_gamma, high_noise_share, high_noise_from
         self.vae, self.text_encoder, self.unet = t2i.vae, t2i.text_encoder, t2i.unet
         self.tokenizer, self.scheduler = t2i.tokenizer, t2i.scheduler
         self.vae.requires_grad_(False)
@@ -76,11 +78,34 @@ class TeacherObjective(nn.Module):
                              truncation=True, return_tensors="pt").input_ids.to(x.device)
         cond = self.text_encoder(ids).last_hidden_state
         noise = per_sample_randn(tuple(z.shape[1:]), gens).to(z)
-        t = per_sample_randint(int(self.scheduler.config.num_train_timesteps), gens).to(x.device)
+        t = self.timesteps(gens).to(x.device)
         noisy = self.scheduler.add_noise(z, noise, t)
         target = noise if self.scheduler.config.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
-        return ((pred.float() - target.float()) ** 2).mean()
+        per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+        return (per_sample * self.loss_weights(t)).mean()
+
+    def timesteps(self, gens: list[torch.Generator]) -> torch.Tensor:
+        """Uniform timesteps, except that a ``high_noise_share`` of samples draw from the
+        noisiest ``1 - high_noise_from`` of the schedule: there the noisy latent no longer
+        shows the layout and only the caption can, so that is where conditioning is learnt."""
+        n = int(self.scheduler.config.num_train_timesteps)
+        lo = int(self.high_noise_from * n)
+        out = []
+        for g in gens:
+            high = float(torch.rand((), generator=g)) < self.high_noise_share
+            out.append(torch.randint(lo if high else 0, n, (), generator=g))
+        return torch.stack(out)
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weights (Hang et al., 2023): low-noise steps, where the caption
+        barely matters, stop dominating the loss; 1 everywhere when snr_gamma is None."""
+        if not self.snr_gamma:
+            return torch.ones(t.shape, device=t.device)
+        alpha_bar = self.scheduler.alphas_cumprod.to(t.device)[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        w = torch.clamp(snr, max=self.snr_gamma) / snr
+        return w if self.scheduler.config.prediction_type == "epsilon" else w * snr / (snr + 1)
 
 
 class LMObjective(nn.Module):
@@ -104,14 +129,23 @@ PALETTE_NAMES = list(world.BACKGROUNDS) + list(world.COLOURS)
 PALETTE = np.array([*world.BACKGROUNDS.values(), *world.COLOURS.values()], dtype=np.float32)
 
 
-def dominant_colour(image: np.ndarray, min_pixels: int = 4) -> str | None:
-    """The object colour covering most pixels (nearest spec colour), or None if none does."""
+def _palette_counts(image: np.ndarray) -> np.ndarray:
     px = image.reshape(-1, 3).astype(np.float32)
     nearest = np.argmin(((px[:, None, :] - PALETTE[None]) ** 2).sum(-1), axis=1)
-    counts = np.bincount(nearest, minlength=len(PALETTE))[len(world.BACKGROUNDS):]
+    return np.bincount(nearest, minlength=len(PALETTE))
+
+
+def dominant_colour(image: np.ndarray, min_pixels: int = 4) -> str | None:
+    """The object colour covering most pixels (nearest spec colour), or None if none does."""
+    counts = _palette_counts(image)[len(world.BACKGROUNDS):]
     if counts.max() < min_pixels:
         return None
     return list(world.COLOURS)[int(counts.argmax())]
+
+
+def dominant_background(image: np.ndarray) -> str:
+    """The background colour covering most pixels (nearest spec colour)."""
+    return list(world.BACKGROUNDS)[int(_palette_counts(image)[: len(world.BACKGROUNDS)].argmax())]
 
 
 def single_object_prompts(n: int, seed: int, size: int) -> list[world.Attributes]:
@@ -127,6 +161,7 @@ def single_object_prompts(n: int, seed: int, size: int) -> list[world.Attributes
 @dataclass
 class ColourCheck:
     rate: float
+    background_rate: float
     n: int
     images: np.ndarray  # n x S x S x 3 uint8
     prompts: list[str]
@@ -151,7 +186,8 @@ def colour_check(folder: str | Path, n: int, steps: int, guidance_scale: float, 
     images = np.concatenate(images)
     predicted = [dominant_colour(im) for im in images]
     hits = [p == a.objects[0].colour for p, a in zip(predicted, attrs)]
-    return ColourCheck(float(np.mean(hits)), n, images, prompts, predicted)
+    bg_hits = [dominant_background(im) == a.background for im, a in zip(images, attrs)]
+    return ColourCheck(float(np.mean(hits)), float(np.mean(bg_hits)), n, images, prompts, predicted)
 
 
 def lm_check(model, tokenizer, starts: Sequence[str] = ("a small red", "a large blue", "a small green circle at the")) -> dict:

@@ -1,0 +1,173 @@
+"""The parts factory, the stage-1 module and the embedded world's tokenizers, on tiny real parts."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlv import autoencoder, components, pretrain, vocab, world
+from vlv.errors import VLVError
+
+CAPTIONS = [s.caption() for s in world.sample_scenes(0, 400)]
+
+
+@pytest.fixture(scope="module")
+def clip_tok():
+    return vocab.clip_tokenizer(CAPTIONS)
+
+
+@pytest.fixture(scope="module")
+def t2i_folder(tmp_path_factory, clip_tok):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("t2i") / "t2i"
+    components.save_t2i(components.build_t2i("t2i-tiny", clip_tok), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(t2i_folder):
+    torch.manual_seed(0)
+    t2i = components.load_t2i(t2i_folder)
+    enc = autoencoder.VLVEncoder(components.build_vision("florence2-tiny"), 8, int(t2i.text_encoder.config.hidden_size))
+    enc.set_trainable(["queries", "projection", "language_model"])
+    return autoencoder.VLVAutoencoder(enc, t2i, seed=0)
+
+
+def test_hub_is_offline():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda d: d / "absent", "folder not found"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "model_index.json is missing"),
+])
+def test_bad_t2i_folder_is_one_line(tmp_path, make, expect):
+    with pytest.raises(VLVError) as info:
+        components.load_t2i(make(tmp_path))
+    msg = str(info.value)
+    assert msg.startswith("components.t2i=") and expect in msg and "stable-diffusion-2-1-base layout" in msg and "\n" not in msg
+
+
+def test_pickle_weights_are_refused(tmp_path, t2i_folder):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(t2i_folder, bad)
+    for f in (bad / "unet").glob("*.safetensors"):
+        f.rename(f.with_suffix(".bin"))
+    with pytest.raises(VLVError, match=r"components.t2i=.*bad/unet: no \*\.safetensors weights"):
+        components.load_t2i(bad)
+
+
+def test_saved_t2i_folder_is_a_standard_diffusers_pipeline(t2i_folder):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(t2i_folder, use_safetensors=True, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(["a small red circle at the center on a black background"], height=32, width=32,
+               num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 32, 32, 3)
+
+
+def test_llm_folder_round_trip_and_errors(tmp_path):
+    from vlv import cards
+
+    tok = vocab.qwen2_tokenizer(CAPTIONS)
+    lm = cards.build("llm-tiny", "model", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    lm.save_pretrained(tmp_path / "llm", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "llm")
+    parts = components.load_llm(tmp_path / "llm")
+    assert type(parts.model).__name__ == "Qwen2ForCausalLM" and parts.tokenizer.eos_token == "<|endoftext|>"
+    with pytest.raises(VLVError, match="components.llm=.*folder not found"):
+        components.load_llm(tmp_path / "nope")
+
+
+def test_every_world_word_is_one_token(clip_tok):
+    qwen = vocab.qwen2_tokenizer(CAPTIONS)
+    caption = CAPTIONS[0]
+    n_words = len(caption.split())
+    assert len(clip_tok(caption).input_ids) == n_words + 2  # + start and end of text
+    assert len(qwen(caption).input_ids) == n_words
+    assert clip_tok.model_max_length == 77
+    assert qwen.decode(qwen(caption).input_ids) == caption
+
+
+def test_clip_embedding_path_equals_the_token_path(model):
+    ids = model.clip.token_ids(CAPTIONS[:3])
+    te = model.clip.text_encoder
+    tokens = te(ids).last_hidden_state
+    embeds = model.clip.from_embeddings(te.embeddings.token_embedding(ids))
+    assert torch.allclose(tokens, embeds, atol=1e-6)
+
+
+def test_stage1_loss_trains_the_chosen_parts_only(model):
+    batch = {"pixel_values": torch.rand(4, 3, 32, 32) * 2 - 1, "sample_id": torch.arange(4)}
+    model.train()
+    loss = model(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    enc = model.encoder
+    assert enc.queries.grad is not None and enc.queries.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in enc.projection.parameters())
+    assert all(p.grad is None for p in enc.florence.model.vision_tower.parameters())  # not in the trainable set
+    for frozen in (model.unet, model.vae, model.clip.text_encoder):
+        assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+    assert not model.unet.training  # frozen parts stay in eval mode
+    model.zero_grad(set_to_none=True)
+
+
+def test_widths_come_from_the_configs(model):
+    assert model.encoder.queries.shape == (8, model.encoder.florence.config.text_config.d_model)
+    assert model.encoder.projection[-1].out_features == model.clip.width == model.unet.config.cross_attention_dim
+
+
+def test_too_many_queries_fail_before_compute(t2i_folder):
+    t2i = components.load_t2i(t2i_folder)
+    enc = autoencoder.VLVEncoder(components.build_vision("florence2-tiny"), 78, int(t2i.text_encoder.config.hidden_size))
+    with pytest.raises(VLVError, match="num_queries=78 exceeds the CLIP text encoder's 77 positions"):
+        autoencoder.VLVAutoencoder(enc, t2i)
+
+
+def test_same_sample_ids_same_loss(model):
+    batch = {"pixel_values": torch.rand(4, 3, 32, 32) * 2 - 1, "sample_id": torch.arange(10, 14)}
+    with torch.no_grad():
+        assert model(batch) == model(batch)
+
+
+def test_encoder_save_load_and_reconstruct(model, t2i_folder, tmp_path):
+    model.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    model.encoder.save(tmp_path / "enc", extra={"t2i": str(t2i_folder)})
+    loaded = autoencoder.load_autoencoder(tmp_path / "enc")
+    with torch.no_grad():
+        assert torch.allclose(loaded.encoder(x), model.encoder(x), atol=1e-6)
+    recon = loaded.reconstruct(x, guidance_scale=2.0, steps=2)
+    assert recon.shape == x.shape and recon.min() >= -1 and recon.max() <= 1
+    with pytest.raises(VLVError, match="not a VLV encoder folder"):
+        autoencoder.VLVEncoder.load(tmp_path)
+
+
+def test_conditioning_report_fields(model):
+    class Val:
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            s = world.scene_at(5, i)
+            x = torch.from_numpy(s.render()).permute(2, 0, 1).float() / 127.5 - 1
+            return {"pixel_values": x, "caption": s.caption()}
+
+    r = autoencoder.conditioning_report(model, Val(), n_images=6, draws=2, seed=0, batch_size=4)
+    for k in ("loss_vlv", "loss_uncond", "loss_caption", "loss_shuffled", "gain_vlv_se", "distillation_gap"):
+        assert np.isfinite(r[k]), k
+    assert r["gain_vlv"] == pytest.approx(r["loss_uncond"] - r["loss_vlv"], abs=1e-6)
+
+
+def test_dominant_colour_reads_rendered_scenes():
+    scenes = [s for s in world.sample_scenes(3, 300) if len(s.attributes.objects) == 1]
+    hits = [pretrain.dominant_colour(s.render()) == s.attributes.objects[0].colour for s in scenes]
+    assert np.mean(hits) == 1.0
+    assert all(pretrain.dominant_background(s.render()) == s.attributes.background for s in scenes)
+    assert pretrain.dominant_colour(np.zeros((32, 32, 3), np.uint8)) is None

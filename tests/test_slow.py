@@ -1,0 +1,36 @@
+"""Long checks at the default budget, excluded from `make test`: run with `pytest -m slow`.
+
+Each runs the real default pipeline stages in a temporary copy of the project (minutes on
+2 cores) and asserts the acceptance numbers quoted in the README.
+"""
+
+import json
+import sys
+
+import pytest
+
+from test_pipeline import copy_project, sh
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_project(tmp_path_factory):
+    return copy_project(tmp_path_factory.mktemp("default"))
+
+
+def test_default_teacher_draws_the_prompted_colour_far_above_chance(default_project):
+    d, env = default_project
+    sh([sys.executable, "-m", "dvc", "repro", "pretrain"], d, env)
+    m = json.loads((d / "metrics/pretrain.json").read_text())
+    assert m["teacher_colour_rate"] >= 3 * m["teacher_colour_chance"], m
+    assert m["lm_grammatical_rate"] == 1.0, m["lm_samples"]
+
+
+def test_default_stage1_embedding_is_image_specific(default_project):
+    d, env = default_project
+    sh([sys.executable, "-m", "dvc", "repro", "stage1"], d, env)
+    m = json.loads((d / "metrics/stage1.json").read_text())
+    assert m["gain_vlv_z"] > 3, m  # (a) beats (b) by several standard errors
+    assert m["gain_caption_z"] > 3, m  # (c) beats (b) by several standard errors
+    assert m["shuffled_minus_uncond"] > 0, m  # (d) worse than (b)
