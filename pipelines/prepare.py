@@ -1,9 +1,6 @@
 """DVC stage `prepare`: params.prepare -> data/prepared (shards, manifest, rejected.csv)."""
 
-import json
 from pathlib import Path
-
-import mlflow
 
 from vlv import config, data, tracking
 from vlv.cli import stage
@@ -19,13 +16,8 @@ def main(params: config.Params) -> None:
     with tracking.stage_run("prepare", params):
         summary = data.prepare(params, OUT)
         print(summary.line(OUT))
-        METRICS.parent.mkdir(parents=True, exist_ok=True)
-        METRICS.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         data.sample_grid(OUT, SAMPLES, split="pairs" if summary.splits.get("pairs") else "images")
-        mlflow.log_metrics({f"prepare/{k}": float(v) for k, v in config.flatten(summary.to_dict()).items()})
-        mlflow.log_artifact(str(OUT / "rejected.csv"), "prepare")
-        mlflow.log_artifact(str(OUT / "summary.json"), "prepare")
-        mlflow.log_artifact(str(SAMPLES), "prepare")
+        tracking.record("prepare", summary.to_dict(), METRICS, [OUT / "rejected.csv", OUT / "summary.json", SAMPLES])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ one call), metrics on the val split (denoising loss under four conditionings, wi
 standard errors), a reconstruction grid and the loss curve.
 """
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -26,8 +25,8 @@ PLOTS = Path("plots/stage1")
 def build(params: config.Params) -> VLVAutoencoder:
     c, s = params.components, params.stage1
     t2i = components.load_t2i(c.t2i)
-    vision = components.vision(c.vision, c.vision_card)
     torch.manual_seed(params.seed)
+    vision = components.vision(c.vision, c.vision_card)
     encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size))
     encoder.set_trainable(s.trainable)
     return VLVAutoencoder(encoder, t2i, seed=params.seed)
@@ -67,11 +66,7 @@ def main(params: config.Params) -> None:
         reconstruction_grid(model, val, params)
         metrics = {**report, "final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
                    "samples": run.samples, "samples_per_second": run.samples / run.seconds if run.seconds else 0.0}
-        METRICS.parent.mkdir(parents=True, exist_ok=True)
-        METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
-        mlflow.log_metrics({f"stage1/val/{k}": float(v) for k, v in metrics.items()})
-        for f in sorted(PLOTS.glob("*.png")):
-            mlflow.log_artifact(str(f), "stage1")
+        tracking.record("stage1", metrics, METRICS, sorted(PLOTS.glob("*.png")), prefix="stage1/val")
         clear_checkpoints(CKPT)
         print(
             f"stage1: val loss vlv {report['loss_vlv']:.4f} | uncond {report['loss_uncond']:.4f} | caption "

@@ -12,6 +12,8 @@ saw them; here the teacher plays that role for the world.
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import world
+from . import cards, components, data, plots, tracking, vocab, world
 from .components import T2IParts
-from .train import per_sample_randint, per_sample_randn, sample_generators
+from .config import Params
+from .train import fingerprint, per_sample_randint, per_sample_randn, sample_generators, spec_from, train
 
 
 class VAEObjective(nn.Module):
@@ -202,3 +205,76 @@ def lm_check(model, tokenizer, starts: Sequence[str] = ("a small red", "a large 
             samples.append(tokenizer.decode(out[0], skip_special_tokens=True).strip())
     ok = [world.try_parse(t) is not None for t in samples]
     return {"grammatical_rate": float(np.mean(ok)), "samples": samples}
+
+
+# ------------------------------------------------------------------------------ stage
+def verify_folders(params: Params, out: Path) -> dict:
+    """Paper profile: the three local folders load (nothing is trained); sizes for the record."""
+    c = params.components
+    t2i = components.load_t2i(c.t2i)
+    vis = components.vision(c.vision, c.vision_card)
+    llm = components.load_llm(c.llm)
+    sizes = {
+        "t2i_unet_params": components.param_count(t2i.unet),
+        "vision_params": components.param_count(vis.model),
+        "llm_params": components.param_count(llm.model),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "VERIFIED.json").write_text(json.dumps({"t2i": c.t2i, "vision": c.vision, "llm": c.llm, **sizes}, indent=2) + "\n")
+    return sizes
+
+
+def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_dir: Path) -> dict:
+    """Embedded profile: train, save and check the T2I decoder and the caption LM."""
+    p, seed = params.pretrain, params.seed
+    dataset = data.ShardDataset(data_root, "images", captions=True)
+    corpus = dataset.rows["caption"].tolist()
+    data_hash = data.manifest_hash(data_root)
+    card = cards.load_card("t2i-tiny")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    torch.manual_seed(seed)
+    t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
+    vae_run = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), dataset, spec_from(p.vae, "pretrain.vae", seed),
+                    ckpt / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
+    sample = torch.stack([dataset[i]["pixel_values"] for i in range(min(1024, len(dataset)))])
+    t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
+    teacher = TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
+                                        p.teacher.high_noise_share, p.teacher.high_noise_from)
+    teacher_run = train(teacher, dataset, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
+                        fingerprint(card, p.vae, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
+    components.save_t2i(t2i, tmp / "t2i")
+
+    tok = vocab.qwen2_tokenizer(corpus)
+    lm = cards.build("llm-tiny", "model", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    lm_run = train(LMObjective(lm, tok), dataset, spec_from(p.llm, "pretrain.llm", seed), ckpt / "llm",
+                   fingerprint("llm-tiny", p.llm, data_hash, seed), log=tracking.metric_logger("pretrain/llm"))
+    lm.generation_config.eos_token_id = tok.eos_token_id
+    lm.generation_config.pad_token_id = tok.pad_token_id
+    lm.save_pretrained(tmp / "llm", safe_serialization=True)
+    tok.save_pretrained(tmp / "llm")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+    # checks, on the saved folders through the standard loaders
+    check = colour_check(out / "t2i", p.eval.prompts, p.eval.steps, p.eval.guidance_scale, params.prepare.image_size, seed=seed + 1)
+    llm_parts = components.load_llm(out / "llm", param="models/pretrained/llm")
+    lm_report = lm_check(llm_parts.model, llm_parts.tokenizer)
+    n_show = min(24, check.n)
+    plots.image_grid([list(check.images[i : i + 8]) for i in range(0, n_show, 8)], plots_dir / "teacher_samples.png",
+                     title=f"teacher samples (single-object prompts): prompted colour dominant in {check.rate:.0%}, "
+                           f"prompted background in {check.background_rate:.0%}")
+    (plots_dir / "teacher_prompts.json").write_text(json.dumps(
+        [{"prompt": pr, "dominant": d} for pr, d in zip(check.prompts, check.predicted)], indent=2) + "\n")
+    plots.loss_curves({"vae": vae_run.losses, "teacher (UNet + CLIP)": teacher_run.losses, "caption LM": lm_run.losses},
+                      plots_dir / "losses.png", title="pretrain losses")
+    return {
+        "teacher_colour_rate": check.rate, "teacher_colour_chance": 1 / 6, "teacher_colour_prompts": check.n,
+        "teacher_background_rate": check.background_rate, "teacher_background_chance": 1 / 3,
+        "lm_grammatical_rate": lm_report["grammatical_rate"], "lm_samples": lm_report["samples"],
+        "vae_final_loss": vae_run.final_loss, "teacher_final_loss": teacher_run.final_loss, "lm_final_loss": lm_run.final_loss,
+        "vae_scaling_factor": float(t2i.vae.config.scaling_factor),
+        "seconds": {"vae": vae_run.seconds, "teacher": teacher_run.seconds, "llm": lm_run.seconds},
+    }

@@ -177,3 +177,20 @@ def metric_logger(prefix: str):
         mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step=step)
 
     return log
+
+
+def record(stage: str, metrics: dict, metrics_path: str | Path, artifacts=(), prefix: str | None = None) -> None:
+    """Write a stage's metrics JSON (for `dvc metrics`) and log the numeric ones (dotted,
+    under ``prefix``) plus ``artifacts`` (files) to the active MLflow run."""
+    import json
+
+    import mlflow
+
+    path = Path(metrics_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    flat = flatten(metrics)
+    prefix = prefix or stage
+    mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for f in artifacts:
+        mlflow.log_artifact(str(f), stage)
