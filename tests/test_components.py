@@ -1,7 +1,6 @@
 """The parts factory, the stage-1 module and the embedded world's tokenizers, on tiny real parts."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -88,3 +88,18 @@ def test_two_processes_match_one_process(tmp_path):
     assert b["losses"][0] == pytest.approx(a["losses"][0], rel=1e-5)
     for k in a["weights"]:
         assert torch.allclose(torch.tensor(a["weights"][k]), torch.tensor(b["weights"][k]), atol=5e-3), k
+
+
+def test_groups_without_an_lr_take_the_configured_one(tmp_path):
+    class Grouped(loop_toy.Regressor):
+        def param_groups(self):
+            return [{"params": list(self.net[0].parameters())}, {"params": list(self.net[3].parameters()), "lr": 0.5}]
+
+    from vlv.config import Optim
+
+    spec = loop_toy.spec(steps=1, optim=Optim(lr=0.01, schedule="constant"))
+    model = Grouped()
+    before = [p.detach().clone() for p in model.net[0].parameters()]
+    train(model, loop_toy.Points(), spec, tmp_path / "ck", "x", progress=False)
+    step = max((p.detach() - b).abs().max().item() for p, b in zip(model.net[0].parameters(), before))
+    assert step == pytest.approx(0.01, rel=0.05)  # Adam's first step moves each weight by about lr

@@ -158,14 +158,14 @@ class VLVEncoder(nn.Module):
 class VLVAutoencoder(nn.Module):
     """Stage-1 model: trainable VLVEncoder + frozen CLIP, UNet, VAE. ``forward`` = loss."""
 
-    def __init__(self, encoder: VLVEncoder, t2i: T2IParts, seed: int = 0, lr: float | None = None):
+    def __init__(self, encoder: VLVEncoder, t2i: T2IParts, seed: int = 0):
         super().__init__()
         self.encoder = encoder
         t2i.frozen()
         self.vae, self.unet = t2i.vae, t2i.unet
         self.clip = CLIPConditioner(t2i.text_encoder, t2i.tokenizer)
         self.scheduler = t2i.scheduler
-        self.seed, self.lr = seed, lr
+        self.seed = seed
         self.scaling = float(self.vae.config.scaling_factor)
         if encoder.num_queries > self.clip.max_length:
             raise VLVError(f"stage1.num_queries={encoder.num_queries} exceeds the CLIP text encoder's {self.clip.max_length} positions; lower it")
@@ -181,10 +181,6 @@ class VLVAutoencoder(nn.Module):
         for frozen in (self.vae, self.unet, self.clip):
             frozen.eval()  # the frozen decoder never switches to training behaviour
         return self
-
-    def param_groups(self) -> list[dict]:
-        params = [p for p in self.encoder.parameters() if p.requires_grad]
-        return [{"params": params, **({"lr": self.lr} if self.lr else {})}]
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -288,7 +284,9 @@ def conditioning_report(model: VLVAutoencoder, dataset, n_images: int, draws: in
     shuffled = vlv.roll(1, dims=0)  # image i gets image i-1's embedding
     uncond = model.clip.from_text([""]).to(vlv)
     errs = {k: torch.zeros(n, draws) for k in ("vlv", "uncond", "caption", "shuffled")}
-    for i in range(0, n, batch_size):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, n, batch_size), desc="stage1 val", unit="batch"):
         sl = slice(i, min(n, i + batch_size))
         x = x_all[sl]
         cond = {

@@ -88,12 +88,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from .autoencoder import load_autoencoder
+    from .data import load_image_folder
     from .plots import to_uint8
 
     model = load_autoencoder(args.model, args.t2i)
     size = int(model.encoder.config.get("resolution", model.encoder.image_size))
-    from .data import load_image_folder
-
     images = load_image_folder(args.images, size)
     args.out.mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(0, len(images), args.batch_size), desc="reconstruct", unit="batch"):

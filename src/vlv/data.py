@@ -26,7 +26,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from . import sources
 from .config import Params, Prepare
 from .errors import VLVError
 from .sources import Item, Rejection
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST_COLUMNS = [
     "id", "split", "shard", "offset", "width", "height",
@@ -341,6 +344,12 @@ class ShardDataset:
         if captions and rows["caption"].isna().any():
             raise VLVError(f"{self.root}: {int(rows['caption'].isna().sum())} images of split {split} have no caption")
         self.rows, self.captions = rows, captions
+        # plain arrays for the per-item hot path (a pandas row lookup costs ~50 us)
+        self._shard = rows["shard"].to_numpy()
+        self._offset = rows["offset"].to_numpy(dtype=np.int64)
+        self._hw = rows[["height", "width"]].to_numpy(dtype=np.int64)
+        self._id = rows["id"].to_numpy()
+        self._caption = rows["caption"].to_numpy()
         self._maps: dict[str, np.memmap] = {}
 
     def __len__(self) -> int:
@@ -348,28 +357,20 @@ class ShardDataset:
 
     def pixels(self, i: int) -> np.ndarray:
         """H x W x 3 uint8 of row ``i``."""
-        r = self.rows.iloc[i]
-        mm = self._maps.get(r["shard"])
+        shard, offset, (h, w) = self._shard[i], int(self._offset[i]), self._hw[i]
+        mm = self._maps.get(shard)
         if mm is None:
-            mm = self._maps[r["shard"]] = np.memmap(self.root / r["shard"], dtype=np.uint8, mode="r")
-        n = int(r["width"]) * int(r["height"]) * 3
-        return np.asarray(mm[int(r["offset"]) : int(r["offset"]) + n]).reshape(int(r["height"]), int(r["width"]), 3)
+            mm = self._maps[shard] = np.memmap(self.root / shard, dtype=np.uint8, mode="r")
+        return np.asarray(mm[offset : offset + h * w * 3]).reshape(h, w, 3)
 
     def __getitem__(self, i: int) -> dict:
         import torch
 
         x = torch.from_numpy(self.pixels(i).copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-        out = {"pixel_values": x, "id": self.rows.at[i, "id"]}
+        out = {"pixel_values": x, "id": self._id[i]}
         if self.captions:
-            out["caption"] = self.rows.at[i, "caption"]
+            out["caption"] = self._caption[i]
         return out
-
-
-def iter_rows(root: str | Path) -> Iterator[tuple[dict, np.ndarray]]:
-    """Every (manifest row, pixels) pair, in manifest order."""
-    ds = ShardDataset(root, SPLIT_NAMES)
-    for i in range(len(ds)):
-        yield ds.rows.iloc[i].to_dict(), ds.pixels(i)
 
 
 def sample_grid(root: str | Path, path: str | Path, n: int = 16, split: str = "images") -> Path:

@@ -25,7 +25,7 @@ from torch import nn
 from . import cards, components, data, plots, tracking, vocab, world
 from .components import T2IParts
 from .config import Params
-from .train import fingerprint, per_sample_randint, per_sample_randn, sample_generators, spec_from, train
+from .train import fingerprint, per_sample_randn, sample_generators, spec_from, train
 
 
 class VAEObjective(nn.Module):

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -63,7 +63,6 @@ class Result:
     seconds: float
     samples: int
     resumed_from: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
@@ -269,7 +268,8 @@ def train(
     ckpt_dir = Path(ckpt_dir)
     accum = accumulation(spec, acc.num_processes)
     groups = _param_groups(model, spec.optim)
-    optimizer = torch.optim.AdamW(groups, betas=spec.optim.betas, weight_decay=spec.optim.weight_decay)
+    # lr=optim.lr is the default of every group that names none (torch's own default is 1e-3)
+    optimizer = torch.optim.AdamW(groups, lr=spec.optim.lr, betas=spec.optim.betas, weight_decay=spec.optim.weight_decay)
     scheduler = _schedule(optimizer, spec.optim, spec.steps)
     model = model.to(acc.device)
     ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
