@@ -1,4 +1,4 @@
-"""End to end: `dvc repro` and `dvc exp run` of the existing stages in a temporary copy."""
+"""End to end: `dvc repro` and `dvc exp run` of the pipeline in a temporary copy."""
 
 import json
 import os
@@ -52,9 +52,11 @@ def shrink(params: dict) -> None:
     params["tracking"]["system_metrics_interval_s"] = 1
     tiny = {"global_batch": 8, "checkpoint_every": 0, "log_every": 2}
     params["pretrain"] = {"vae": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
-                          "eval": {"prompts": 4, "steps": 2}}
+                          "classifier": {"steps": 3, **tiny}, "eval": {"prompts": 4, "steps": 2}}
     params["stage1"] = {**params["stage1"], "steps": 40, "global_batch": 8, "checkpoint_every": 4, "log_every": 4,
                         "eval": {"images": 8, "noise_draws": 1, "recon_images": 2, "recon_steps": 2, "guidance_scale": 2.0}}
+    params["stage2"] = {**params["stage2"], "steps": 6, **tiny, "val_images": 8, "max_new_tokens": 12}
+    params["evaluate"] = {**params["evaluate"], "images": 10, "regen_steps": 2, "gallery": 4}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert (d / "plots/prepare/samples.png").stat().st_size > 1000
 
     by_stage = {r["tags"]["vlv.stage"]: r for r in runs(d)}
-    assert set(by_stage) == {"prepare", "pretrain", "stage1"}
+    assert set(by_stage) == {"prepare", "pretrain", "stage1", "stage2", "evaluate"}
     assert len({r["tags"]["vlv.pipeline_id"] for r in by_stage.values()}) == 1, "one pipeline id per dvc repro"
     run = by_stage["prepare"]
     head = sh(["git", "rev-parse", "HEAD"], d, env).stdout.strip()
@@ -106,9 +108,21 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert (d / "plots/stage1/reconstructions.png").stat().st_size > 1000
     assert not (d / "checkpoints/stage1").exists(), "checkpoints are cleared once the stage is done"
 
+    # stage 2 wrote a captioner folder; evaluate scored it with every metric family
+    assert (d / "models/captioner/captioner.json").is_file() and (d / "models/pretrained/classifier/heads.safetensors").is_file()
+    ev = json.loads((d / "metrics/evaluate.json").read_text())
+    assert {"bleu_1", "bleu_4", "rouge_l", "cider", "meteor"} <= set(ev["caption"])
+    assert {"mean", "exact", "colour", "background"} <= set(ev["attributes"])
+    assert {"regen_generated_frechet", "regen_reference_frechet", "regen_reference_attribute_accuracy",
+            "classifier_accuracy_originals"} <= set(ev["regeneration"])
+    table = pd.read_csv(d / "metrics/test_captions.csv")
+    assert len(table) == 10 and {"id", "reference", "prediction", "mean", "colour"} <= set(table.columns)
+    assert (d / "plots/evaluate/worst.png").stat().st_size > 1000
+    assert by_stage["evaluate"]["metrics"]["evaluate/caption.bleu_4"] == pytest.approx(ev["caption"]["bleu_4"])
+
     # nothing changed -> nothing re-runs
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
-    assert len(runs(d)) == 3
+    assert len(runs(d)) == 5
     assert "didn't change" in r.stdout or "is cached" in r.stdout or "up to date" in r.stdout
 
 
@@ -165,6 +179,26 @@ def test_vlv_reconstruct_writes_side_by_side_images(project, tmp_path):
     outs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outs == ["a_recon.png", "sub__b_recon.png"]
     assert Image.open(tmp_path / "out" / "a_recon.png").size == (64, 32)  # input | reconstruction
+
+
+def test_the_registered_captioner_serves_through_mlflow_pyfunc(project):
+    import base64
+
+    import mlflow
+    from PIL import Image
+
+    from vlv import world
+
+    d, env = project
+    png = d / "one.png"
+    Image.fromarray(world.scene_at(2, 0, 32).render()).save(png)
+    mlflow.set_tracking_uri(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")
+    try:
+        model = mlflow.pyfunc.load_model("models:/vlv-captioner/latest")
+        out = model.predict(pd.DataFrame({"image": [base64.b64encode(png.read_bytes()).decode()]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert isinstance(out["caption"][0], str) and pd.isna(out["error"][0])
 
 
 def test_dvc_exp_run_with_a_set_param(project):

@@ -6,4 +6,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+# Progress bars redraw every 0.1 s on a terminal; in a log (dvc repro > log, CI) that
+# floods it, so off a terminal they update every 30 s (override with TQDM_MININTERVAL).
+if not os.isatty(2):
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
+
 __version__ = "0.1.0"

@@ -106,6 +106,28 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote {len(images)} side-by-side reconstructions (input | reconstruction) to {args.out}", file=sys.stderr)
 
 
+def cmd_caption(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from .captioner import Captioner, caption_batches
+    from .data import load_image_folder
+
+    model = Captioner.load(args.model)
+    images = load_image_folder(args.images, model.resolution)  # unreadable files: listed on stderr, skipped
+    beams = args.num_beams or model.config.get("num_beams", 1)
+    max_new = args.max_new_tokens or model.config.get("max_new_tokens", 32)
+    captions = caption_batches(model, torch.stack([t for _, t in images]), beams, max_new, args.batch_size)
+    result = json.dumps({name: c for (name, _), c in zip(images, captions)}, indent=2, ensure_ascii=False)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result + "\n")
+        print(f"wrote {len(captions)} captions to {args.out}", file=sys.stderr)
+    else:
+        print(result)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="vlv",
@@ -139,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_reconstruct)
+
+    p = sub.add_parser("caption", help="caption a folder of images (any size or mode) -> one JSON {file name: caption}")
+    p.add_argument("images", type=Path, help="folder of images; unreadable files are listed on stderr, not fatal")
+    p.add_argument("--model", type=Path, default=Path("models/captioner"), help="a captioner folder (stage2's output)")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here (default: stdout)")
+    p.add_argument("--num-beams", type=int, default=None, help="default: the model's setting")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's setting")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(fn=cmd_caption)
     return ap
 
 

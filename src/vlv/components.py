@@ -99,6 +99,17 @@ def load_t2i(folder: str | Path, param: str = "components.t2i") -> T2IParts:
     )
 
 
+def load_text_encoder(folder: str | Path, param: str = "components.t2i"):
+    """Only the CLIP text encoder and tokenizer of a T2I folder (what stage 2 needs)."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    path = _check_folder(folder, param, T2I_LAYOUT, T2I_DESCRIPTION)
+    _check_safetensors(path / "text_encoder", param, T2I_DESCRIPTION)
+    kw = dict(param=param, folder=path, description=T2I_DESCRIPTION)
+    return (_quiet(CLIPTextModel.from_pretrained, path / "text_encoder", use_safetensors=True, local_files_only=True, **kw),
+            _quiet(AutoTokenizer.from_pretrained, path / "tokenizer", local_files_only=True, **kw))
+
+
 def build_t2i(card: str | dict, tokenizer=None) -> T2IParts:
     """Random-weight T2I parts from an architecture card (text vocab from ``tokenizer``)."""
     extra = {"vocab_size": len(tokenizer)} if tokenizer is not None else {}

@@ -76,6 +76,7 @@ class Tracking(Section):
     experiment: str = "vlv"
     system_metrics: bool = True
     system_metrics_interval_s: PosFloat = 2.0
+    model_name: str | None = Field("vlv-captioner", description="MLflow registered-model name of the captioner; null = log, don't register")
 
 
 class Components(Section):
@@ -85,6 +86,7 @@ class Components(Section):
     vision: str | None = Field(None, description="Florence-2 folder; null = build from vision_card")
     vision_card: str = "florence2-tiny"
     llm: str = Field("models/pretrained/llm", description="transformers causal-LM folder")
+    classifier: str | None = Field("models/pretrained/classifier", description="shapes-world attribute classifier (evaluate); null = none")
 
 
 class Optim(Section):
@@ -110,8 +112,8 @@ class Loop(Section):
 
 
 class VAELoop(Loop):
-    steps: PosInt = 200
-    optim: Optim = Optim(lr=1e-3, warmup_steps=20)
+    steps: PosInt = 400
+    optim: Optim = Optim(lr=3e-3, warmup_steps=20)
     kl_weight: NonNegFloat = 1e-6
 
 
@@ -130,6 +132,14 @@ class LMLoop(Loop):
     optim: Optim = Optim(lr=2e-3, warmup_steps=20)
 
 
+class ClassifierLoop(Loop):
+    """The world's attribute classifier (its "Inception"), used by evaluate."""
+
+    steps: PosInt = 300
+    global_batch: PosInt = 64
+    optim: Optim = Optim(lr=2e-3, warmup_steps=20)
+
+
 class PretrainEval(Section):
     prompts: PosInt = Field(60, description="single-object prompts for the colour check")
     steps: PosInt = 20
@@ -142,6 +152,7 @@ class Pretrain(Section):
     vae: VAELoop = VAELoop()
     teacher: TeacherLoop = TeacherLoop()
     llm: LMLoop = LMLoop()
+    classifier: ClassifierLoop = ClassifierLoop()
     eval: PretrainEval = PretrainEval()
 
 
@@ -174,6 +185,18 @@ class Stage2(Loop):
     max_caption_tokens: PosInt = 32
     num_beams: PosInt = 1
     max_new_tokens: PosInt = 32
+    init: Literal["stage1", "random"] = Field("stage1", description="encoder weights: stage 1's, or random (the no-stage-1 ablation)")
+    num_pairs: PosInt | None = Field(None, description="use only the first N pairs (data-efficiency runs); null = all")
+    val_images: PosInt = Field(300, description="val images captioned for the attribute accuracy after training")
+
+
+class Evaluate(Section):
+    images: PosInt | None = Field(None, description="test images to evaluate; null = the whole test split")
+    batch_size: PosInt = 32
+    regen_steps: PosInt = Field(20, description="DDIM steps of the regeneration (caption -> frozen T2I -> image)")
+    guidance_scale: NonNegFloat = 4.0
+    gallery: PosInt = Field(16, description="worst-captioned test images shown in the gallery PNG")
+    inception: str | None = Field(None, description="paper profile: local Inception weights for the Frechet distance; null = skip it")
 
 
 class Cost(Section):
@@ -188,6 +211,7 @@ class Params(Section):
     pretrain: Pretrain = Pretrain()
     stage1: Stage1 = Stage1()
     stage2: Stage2 = Stage2()
+    evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     cost: Cost = Cost()
 

@@ -407,31 +407,62 @@ def manifest_hash(root: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def image_tensor(raw: bytes, size: int, ext: str = "") -> "torch.Tensor":
+    """Any image file's bytes (any size or mode) as a 3 x size x size tensor in [-1, 1]
+    (short side scaled, centre crop, as in prepare). Raises ValueError with the reason."""
+    import torch
+
+    try:
+        pixels, _, _ = decode(raw, Prepare(image_size=size, min_side=1, max_aspect=1e6), ext)
+    except Reject as r:
+        raise ValueError(r.detail) from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
 def load_image_folder(folder: Path, size: int) -> list[tuple[str, "torch.Tensor"]]:
     """Every image under ``folder`` as (name, 3xSxS tensor in [-1, 1]); unreadable files
     are listed on stderr and skipped (never fatal)."""
     import sys
 
-    import torch
-
     folder = Path(folder)
     if not folder.is_dir():
         raise VLVError(f"{folder}: no such folder; pass a folder of images")
-    p = Prepare(image_size=size, min_side=1, max_aspect=1e6)
     out = []
     for f in sorted(x for x in folder.rglob("*") if x.is_file()):
         if f.suffix.lower() not in sources.IMAGE_EXTS:
+            print(f"skipped {f}: not an image file name ({', '.join(sorted(sources.IMAGE_EXTS))})", file=sys.stderr)
             continue
         try:
-            pixels, _, _ = decode(f.read_bytes(), p, f.suffix.lower())
-        except Reject as r:
-            print(f"skipped {f}: {r.detail}", file=sys.stderr)
+            x = image_tensor(f.read_bytes(), size, f.suffix.lower())
+        except ValueError as err:
+            print(f"skipped {f}: {err}", file=sys.stderr)
             continue
         except OSError as err:
             print(f"skipped {f}: cannot read ({err.strerror})", file=sys.stderr)
             continue
-        x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 127.5 - 1
         out.append((f.relative_to(folder).as_posix(), x))
     if not out:
         raise VLVError(f"{folder}: no readable images found")
+    return out
+
+
+# ------------------------------------------------------------------------------ folders
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over a folder's relative file names and bytes (what a model folder holds)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VLVError(f"{folder}: no such folder; run the stage that writes it first")
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def replace_folder(tmp: str | Path, out: str | Path) -> Path:
+    """Put a fully written folder in place of ``out`` (never a half-written ``out``)."""
+    tmp, out = Path(tmp), Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
     return out

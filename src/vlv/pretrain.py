@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import cards, components, data, plots, tracking, vocab, world
+from .classifier import AttributeClassifier
 from .components import T2IParts
 from .config import Params
 from .train import fingerprint, per_sample_randn, sample_generators, spec_from, train
@@ -254,6 +255,17 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     lm.generation_config.pad_token_id = tok.pad_token_id
     lm.save_pretrained(tmp / "llm", safe_serialization=True)
     tok.save_pretrained(tmp / "llm")
+
+    clf_report = {}
+    if all(world.try_parse(c) is not None for c in corpus):  # the world's captions: its attribute classifier
+        torch.manual_seed(seed)
+        clf = AttributeClassifier.from_card("classifier-tiny")
+        clf_run = train(clf, dataset, spec_from(p.classifier, "pretrain.classifier", seed), ckpt / "classifier",
+                        fingerprint("classifier-tiny", p.classifier, data_hash, seed), log=tracking.metric_logger("pretrain/classifier"))
+        clf.save(tmp / "classifier")
+        clf_report = {"classifier_final_loss": clf_run.final_loss, "classifier_seconds": clf_run.seconds}
+    else:
+        print("pretrain: the captions are not shapes-world captions; no attribute classifier (evaluate skips the regeneration scores)")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -262,13 +274,21 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     check = colour_check(out / "t2i", p.eval.prompts, p.eval.steps, p.eval.guidance_scale, params.prepare.image_size, seed=seed + 1)
     llm_parts = components.load_llm(out / "llm", param="models/pretrained/llm")
     lm_report = lm_check(llm_parts.model, llm_parts.tokenizer)
+    if clf_report:
+        val = data.ShardDataset(data_root, "val", captions=True)
+        x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+        clf = AttributeClassifier.load(out / "classifier")
+        clf_report["classifier_val_accuracy"] = world.score(clf.predict(x), val.rows["caption"].tolist())["mean"]
     n_show = min(24, check.n)
     plots.image_grid([list(check.images[i : i + 8]) for i in range(0, n_show, 8)], plots_dir / "teacher_samples.png",
                      title=f"teacher samples (single-object prompts): prompted colour dominant in {check.rate:.0%}, "
                            f"prompted background in {check.background_rate:.0%}")
     (plots_dir / "teacher_prompts.json").write_text(json.dumps(
         [{"prompt": pr, "dominant": d} for pr, d in zip(check.prompts, check.predicted)], indent=2) + "\n")
-    plots.loss_curves({"vae": vae_run.losses, "teacher (UNet + CLIP)": teacher_run.losses, "caption LM": lm_run.losses},
+    curves = {"vae": vae_run.losses, "teacher (UNet + CLIP)": teacher_run.losses, "caption LM": lm_run.losses}
+    if clf_report:
+        curves["attribute classifier"] = clf_run.losses
+    plots.loss_curves(curves,
                       plots_dir / "losses.png", title="pretrain losses")
     return {
         "teacher_colour_rate": check.rate, "teacher_colour_chance": 1 / 6, "teacher_colour_prompts": check.n,
@@ -277,4 +297,5 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         "vae_final_loss": vae_run.final_loss, "teacher_final_loss": teacher_run.final_loss, "lm_final_loss": lm_run.final_loss,
         "vae_scaling_factor": float(t2i.vae.config.scaling_factor),
         "seconds": {"vae": vae_run.seconds, "teacher": teacher_run.seconds, "llm": lm_run.seconds},
+        **clf_report,
     }

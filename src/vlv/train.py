@@ -333,7 +333,7 @@ def train(
         done = step + 1
         bar.update()
         if done % max(1, spec.log_every) == 0 or done == spec.steps:
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
             if log is not None and acc.is_main_process:
                 window = losses[-max(1, spec.log_every):]
                 metrics = {"loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0]}

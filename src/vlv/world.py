@@ -210,38 +210,52 @@ def try_parse(text: str) -> Attributes | None:
 
 
 # ------------------------------------------------------------------------------ scoring
+def hits(prediction: str, reference: str) -> dict[str, float]:
+    """Per-field hits of one predicted caption against its reference.
+
+    Objects are paired in reading order (i-th with i-th). Object fields (shape, colour,
+    size, position) are the share of reference objects whose field the paired predicted
+    object gets right: a missing predicted object, or an unparseable prediction, misses
+    every field. ``background``, ``count``, ``exact`` and ``parsed`` are 0 or 1; ``mean``
+    is the mean of the six fields.
+    """
+    ref = parse(reference)
+    pred = try_parse(prediction)
+    out = dict.fromkeys((*FIELDS, "exact", "parsed"), 0.0)
+    if pred is not None:
+        out["parsed"] = 1.0
+        out["exact"] = float(pred == ref)
+        out["background"] = float(pred.background == ref.background)
+        out["count"] = float(len(pred.objects) == len(ref.objects))
+        for field in ("shape", "colour", "size", "position"):
+            out[field] = sum(getattr(r, field) == getattr(p, field) for r, p in zip(ref.objects, pred.objects)) / len(ref.objects)
+    out["mean"] = sum(out[f] for f in FIELDS) / len(FIELDS)
+    return out
+
+
 def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Per-field accuracy and exact match of predicted captions against references.
 
-    Objects are paired in reading order (i-th with i-th). Object fields (shape, colour,
-    size, position) are averaged over reference objects: a missing predicted object, or
-    an unparseable prediction, misses every field. ``background`` and ``count`` are per
-    image. ``mean`` is the mean of the six fields; ``exact`` compares parsed attributes;
-    ``parsed`` is the share of predictions that parse.
+    As ``hits``, aggregated: object fields are averaged over all reference objects,
+    ``background`` and ``count`` over images. ``mean`` is the mean of the six fields;
+    ``exact`` compares parsed attributes; ``parsed`` is the share of predictions that parse.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    hits = dict.fromkeys(FIELDS, 0)
-    n_objects = n_exact = n_parsed = 0
+    total = dict.fromkeys((*FIELDS, "exact", "parsed"), 0.0)
+    n_objects = 0
     for pred_text, ref_text in zip(predictions, references):
-        ref = parse(ref_text)
-        pred = try_parse(pred_text)
-        n_objects += len(ref.objects)
-        if pred is None:
-            continue
-        n_parsed += 1
-        n_exact += pred == ref
-        hits["background"] += pred.background == ref.background
-        hits["count"] += len(pred.objects) == len(ref.objects)
-        for r, p in zip(ref.objects, pred.objects):
-            for field in ("shape", "colour", "size", "position"):
-                hits[field] += getattr(r, field) == getattr(p, field)
+        k = len(parse(ref_text).objects)
+        n_objects += k
+        for field, v in hits(pred_text, ref_text).items():
+            if field in total:
+                total[field] += v * k if field in ("shape", "colour", "size", "position") else v
     n = len(references)
     out = {}
     for field in FIELDS:
         denom = n if field in ("background", "count") else n_objects
-        out[field] = hits[field] / denom if denom else 0.0
+        out[field] = total[field] / denom if denom else 0.0
     out["mean"] = sum(out[f] for f in FIELDS) / len(FIELDS)
-    out["exact"] = n_exact / n if n else 0.0
-    out["parsed"] = n_parsed / n if n else 0.0
+    out["exact"] = total["exact"] / n if n else 0.0
+    out["parsed"] = total["parsed"] / n if n else 0.0
     return out

@@ -6,7 +6,7 @@ Florence-2-large, Qwen2.5-3B) for timing on a GPU without downloading anything.
 
 Card format::
 
-    {"name": "...", "kind": "t2i" | "vision" | "llm", "source": "where the numbers come from",
+    {"name": "...", "kind": "t2i" | "vision" | "llm" | "classifier", "source": "where the numbers come from",
      "parts": {"<part>": {"class": "UNet2DConditionModel", "config": {...}}, ...},
      ...extra keys a kind needs (e.g. the vision prompt, image size, normalisation)}
 """
@@ -25,6 +25,7 @@ TRANSFORMERS_CLASSES = {
     "CLIPTextModel": "CLIPTextConfig",
     "Florence2ForConditionalGeneration": "Florence2Config",
     "Qwen2ForCausalLM": "Qwen2Config",
+    "ResNetModel": "ResNetConfig",
 }
 
 

@@ -1,0 +1,92 @@
+"""DVC stage `stage2`: caption tuning on the `pairs` split.
+
+The stage-1 encoder (or a random one: the no-stage-1 ablation, `stage2.init: random`)
+-> frozen CLIP -> MLP -> LLM prefix, trained on captioned pairs only. Writes the captioner
+folder (models/captioner, loadable in one call), its attribute accuracy on val, the loss
+curve, and logs it to MLflow as a pyfunc model registered under `tracking.model_name`.
+"""
+
+from pathlib import Path
+
+import mlflow
+import torch
+
+from vlv import components, config, data, plots, tracking, world
+from vlv.autoencoder import VLVEncoder
+from vlv.captioner import Captioner, caption_batches
+from vlv.cli import stage
+from vlv.errors import VLVError
+from vlv.serving import log_captioner
+from vlv.train import clear_checkpoints, fingerprint, spec_from, train
+
+DATA = Path("data/prepared")
+STAGE1 = Path("models/stage1")
+OUT = Path("models/captioner")
+CKPT = Path("checkpoints/stage2")
+METRICS = Path("metrics/stage2.json")
+PLOTS = Path("plots/stage2")
+
+
+def build(params: config.Params) -> Captioner:
+    c, s = params.components, params.stage2
+    text_encoder, clip_tokenizer = components.load_text_encoder(c.t2i)
+    llm = components.load_llm(c.llm)
+    torch.manual_seed(params.seed)
+    if s.init == "stage1":
+        encoder = VLVEncoder.load(STAGE1)
+    else:  # the no-stage-1 ablation: same architecture, random weights
+        encoder = VLVEncoder(components.vision(c.vision, c.vision_card), params.stage1.num_queries,
+                             int(text_encoder.config.hidden_size))
+        encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
+    model = Captioner(encoder, text_encoder, clip_tokenizer, llm.model, llm.tokenizer, s.max_caption_tokens)
+    model.set_trainable(s.trainable, params.stage1.trainable)
+    return model
+
+
+def pairs(params: config.Params) -> data.ShardDataset:
+    n = params.stage2.num_pairs
+    ds = data.ShardDataset(DATA, "pairs", captions=True, limit=n)
+    if n is not None and len(ds) < n:
+        raise VLVError(f"stage2.num_pairs={n} but the pairs split holds {len(ds)}; lower it or raise prepare.splits.pairs")
+    return ds
+
+
+@stage("stage2")
+def main(params: config.Params) -> None:
+    """Train the captioner (VLV encoder -> CLIP -> MLP -> LLM) on the pairs split."""
+    s = params.stage2
+    with tracking.stage_run("stage2", params):
+        train_set = pairs(params)  # fails before any compute when num_pairs is too large
+        model = build(params)
+        mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
+                           "stage2.pairs_used": len(train_set)})
+        fp = fingerprint(params.components, s, params.stage1.num_queries, params.stage1.trainable,
+                         data.manifest_hash(DATA), params.seed, s.init == "stage1" and data.folder_hash(STAGE1))
+        run = train(model, train_set, spec_from(s, "stage2", params.seed), CKPT, fp, log=tracking.metric_logger("stage2"))
+        tmp = OUT.with_name(OUT.name + ".partial")
+        model.save(tmp, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, resolution=params.prepare.image_size,
+                   trainable=s.trainable, init=s.init, pairs=len(train_set), t2i=params.components.t2i)
+        data.replace_folder(tmp, OUT)
+
+        val = data.ShardDataset(DATA, "val", captions=True, limit=s.val_images)
+        x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+        predicted = caption_batches(model, x, s.num_beams, s.max_new_tokens, desc="stage2 val")
+        refs = val.rows["caption"].tolist()
+        metrics: dict = {"final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
+                         "samples": run.samples, "pairs": len(train_set),
+                         "samples_per_second": run.samples / run.seconds if run.seconds else 0.0}
+        if all(world.try_parse(r) is not None for r in refs):
+            metrics["val"] = world.score(predicted, refs)
+        metrics["val_examples"] = [{"reference": r, "predicted": p} for r, p in list(zip(refs, predicted))[:5]]
+        PLOTS.mkdir(parents=True, exist_ok=True)
+        plots.loss_curves({"stage 2 caption loss": run.losses}, PLOTS / "loss.png", title="stage 2")
+        tracking.record("stage2", metrics, METRICS, [PLOTS / "loss.png"], prefix="stage2")
+        uri = log_captioner(OUT, params.tracking.model_name, Path(__file__).resolve().parents[1] / "src" / "vlv")
+        clear_checkpoints(CKPT)
+        acc = metrics.get("val", {})
+        print(f"stage2: final loss {run.final_loss:.4f}" + (
+            f"; val attribute accuracy {acc['mean']:.1%}, exact {acc['exact']:.1%}" if acc else "") + f"; model {uri}")
+
+
+if __name__ == "__main__":
+    main()
