@@ -40,6 +40,7 @@ def test_without_jvm_meteor_is_skipped_with_a_reason():
     assert out["bleu_4"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow  # ~17 s of JVM start-up; the pipeline test runs the Java scorers through `evaluate` anyway
 @pytest.mark.skipif(JAVA is None, reason="METEOR needs Java")
 def test_with_java_meteor_is_reported():
     out = evaluation.caption_scores(REFS[:5], REFS[:5])

@@ -180,7 +180,7 @@ class Stage1(Loop):
 
 class Stage2(Loop):
     steps: PosInt = 1200
-    optim: Optim = Optim(lr=1e-3, schedule="linear", warmup_steps=50)
+    optim: Optim = Optim(lr=3e-4, schedule="linear", warmup_steps=50)
     trainable: Literal["mlp", "mlp+llm", "mlp+llm+encoder"] = "mlp+llm+encoder"
     max_caption_tokens: PosInt = 32
     num_beams: PosInt = 1
