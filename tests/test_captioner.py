@@ -15,6 +15,7 @@ from PIL import Image
 
 from vlv import autoencoder, cards, components, vocab, world
 from vlv.captioner import Captioner
+from vlv.data import to_tensor
 from vlv.errors import VLVError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def make_captioner(seed: int = 0, num_queries: int = 4) -> Captioner:
 
 
 def pixels(scenes) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(s.render().copy()).permute(2, 0, 1).float() / 127.5 - 1 for s in scenes])
+    return to_tensor(np.stack([s.render() for s in scenes]))
 
 
 @pytest.fixture(scope="module")

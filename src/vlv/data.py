@@ -366,8 +366,7 @@ class ShardDataset:
     def __getitem__(self, i: int) -> dict:
         import torch
 
-        x = torch.from_numpy(self.pixels(i).copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-        out = {"pixel_values": x, "id": self._id[i]}
+        out = {"pixel_values": to_tensor(self.pixels(i)), "id": self._id[i]}
         if self.captions:
             out["caption"] = self._caption[i]
         return out
@@ -410,13 +409,20 @@ def manifest_hash(root: str | Path) -> str:
 def image_tensor(raw: bytes, size: int, ext: str = "") -> "torch.Tensor":
     """Any image file's bytes (any size or mode) as a 3 x size x size tensor in [-1, 1]
     (short side scaled, centre crop, as in prepare). Raises ValueError with the reason."""
-    import torch
-
     try:
         pixels, _, _ = decode(raw, Prepare(image_size=size, min_side=1, max_aspect=1e6), ext)
     except Reject as r:
         raise ValueError(r.detail) from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 127.5 - 1
+    return to_tensor(pixels)
+
+
+def to_tensor(pixels: np.ndarray) -> "torch.Tensor":
+    """uint8 pixels, H x W x 3 (or N x H x W x 3), as float channels-first in [-1, 1]: the
+    models' input convention (``plots.to_uint8`` is the inverse)."""
+    import torch
+
+    x = torch.from_numpy(np.array(pixels, dtype=np.float32)).div_(127.5).sub_(1.0)  # one writable copy
+    return x.permute(2, 0, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
 def load_image_folder(folder: Path, size: int) -> list[tuple[str, "torch.Tensor"]]:

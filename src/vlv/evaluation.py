@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import world
+from .data import to_tensor
 
 
 # ------------------------------------------------------------------------- caption metrics
@@ -90,11 +91,6 @@ def regenerate(t2i_folder: str | Path, captions: Sequence[str], size: int, steps
                       generator=gens, output_type="np").images
         out.append((images * 255).round().astype(np.uint8))
     return np.concatenate(out)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """N x S x S x 3 uint8 -> N x 3 x S x S in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def regeneration_scores(classifier, originals: torch.Tensor, references: Sequence[str],
