@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlv import config, data, evaluation, plots, tracking, world
+from vlv import config, cost, data, evaluation, plots, tracking, world
 from vlv.captioner import Captioner, caption_batches
 from vlv.classifier import AttributeClassifier
 from vlv.cli import stage
@@ -70,6 +70,7 @@ def main(params: config.Params) -> None:
         cols = ["original"] + [{"regen_generated": "from prediction", "regen_reference": "from reference"}[k] for k in regenerated]
         plots.image_grid(rows, PLOTS / "worst.png", row_titles=titles, col_titles=cols,
                          title=f"the {len(order)} worst-captioned test images" if is_world else "test images")
+        cost.add_samples(len(test) * (1 + len(regenerated)))  # captioned + regenerated images
         tracking.record("evaluate", metrics, METRICS, [PLOTS / "worst.png", TABLE], prefix="evaluate")
         c = metrics["caption"]
         line = f"evaluate: BLEU-4 {c['bleu_4']:.3f} CIDEr {c['cider']:.3f}"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlv import config, data, tracking
+from vlv import config, cost, data, tracking
 from vlv.cli import stage
 
 OUT = Path("data/prepared")
@@ -15,6 +15,7 @@ def main(params: config.Params) -> None:
     """Ingest the source named by params.prepare into validated shards and a manifest."""
     with tracking.stage_run("prepare", params):
         summary = data.prepare(params, OUT)
+        cost.add_samples(summary.accepted + sum(summary.rejected.values()))
         print(summary.line(OUT))
         data.sample_grid(OUT, SAMPLES, split="pairs" if summary.splits.get("pairs") else "images")
         tracking.record("prepare", summary.to_dict(), METRICS, [OUT / "rejected.csv", OUT / "summary.json", SAMPLES])

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import components, config, data, plots, tracking, world
+from vlv import components, config, cost, data, plots, tracking, world
 from vlv.autoencoder import VLVEncoder
 from vlv.captioner import Captioner, caption_batches
 from vlv.cli import stage
@@ -80,8 +80,9 @@ def main(params: config.Params) -> None:
         metrics["val_examples"] = [{"reference": r, "predicted": p} for r, p in list(zip(refs, predicted))[:5]]
         PLOTS.mkdir(parents=True, exist_ok=True)
         plots.loss_curves({"stage 2 caption loss": run.losses}, PLOTS / "loss.png", title="stage 2")
-        tracking.record("stage2", metrics, METRICS, [PLOTS / "loss.png"], prefix="stage2")
         uri = log_captioner(OUT, params.tracking.model_name, Path(__file__).resolve().parents[1] / "src" / "vlv")
+        cost.add_samples(len(val))
+        tracking.record("stage2", metrics, METRICS, [PLOTS / "loss.png"], prefix="stage2")
         clear_checkpoints(CKPT)
         acc = metrics.get("val", {})
         print(f"stage2: final loss {run.final_loss:.4f}" + (

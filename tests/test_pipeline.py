@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["dvc.yaml", "params.yaml", "pipelines", "src", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
+COPY = ["dvc.yaml", "params.yaml", "pipelines", "src", "benchmarks/throughput.csv", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
 
 
 def sh(cmd, cwd, env):
@@ -90,7 +90,7 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert (d / "plots/prepare/samples.png").stat().st_size > 1000
 
     by_stage = {r["tags"]["vlv.stage"]: r for r in runs(d)}
-    assert set(by_stage) == {"prepare", "pretrain", "stage1", "stage2", "evaluate"}
+    assert set(by_stage) == {"prepare", "pretrain", "stage1", "stage2", "evaluate", "cost_report"}
     assert len({r["tags"]["vlv.pipeline_id"] for r in by_stage.values()}) == 1, "one pipeline id per dvc repro"
     run = by_stage["prepare"]
     head = sh(["git", "rev-parse", "HEAD"], d, env).stdout.strip()
@@ -120,9 +120,21 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert (d / "plots/evaluate/worst.png").stat().st_size > 1000
     assert by_stage["evaluate"]["metrics"]["evaluate/caption.bleu_4"] == pytest.approx(ev["caption"]["bleu_4"])
 
+    # every stage logged its cost; the report's totals are the sum of those MLflow metrics
+    stage_runs = [r for name, r in by_stage.items() if name != "cost_report"]
+    assert all(r["tags"]["vlv.device_kind"] == "cpu" and r["metrics"]["cost/usd"] > 0 for r in stage_runs)
+    report = json.loads((d / "metrics/cost.json").read_text())
+    assert report["total_usd"] == pytest.approx(sum(r["metrics"]["cost/usd"] for r in stage_runs))
+    assert report["device_hours"] == pytest.approx(sum(r["metrics"]["cost/device_hours"] for r in stage_runs))
+    assert report["this_pipeline_usd"] == pytest.approx(report["total_usd"]) and report["budget_usd"] == 1000
+    assert by_stage["cost_report"]["metrics"]["report/total_usd"] == pytest.approx(report["total_usd"])
+    text = (d / "reports/cost.md").read_text()
+    assert "| stage1 | this pipeline |" in text and "No throughput record of the paper architecture" in text
+    assert (d / "plots/cost_report/usd_per_stage.png").stat().st_size > 1000
+
     # nothing changed -> nothing re-runs
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
-    assert len(runs(d)) == 5
+    assert len(runs(d)) == 6
     assert "didn't change" in r.stdout or "is cached" in r.stdout or "up to date" in r.stdout
 
 
@@ -155,7 +167,11 @@ def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_lo
 
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
     assert "stage1: resuming from" in r.stdout
-    resumed = json.loads((d / "metrics/stage1.json").read_text())["final_train_loss"]
+    s1 = json.loads((d / "metrics/stage1.json").read_text())
+    resumed = s1["final_train_loss"]
+    assert s1["cost"]["carried_device_hours"] > 0, "the killed run's device-hours are carried by the checkpoint"
+    report = json.loads((d / "metrics/cost.json").read_text())  # stage1 re-ran; the rest came from the cache
+    assert report["stages"]["stage1"]["cached"] == 0 and report["stages"]["prepare"]["cached"] == 1
     # Same data, noise, timesteps and optimizer state; the last digits of float32 conv/attention
     # kernels on CPU may differ between processes, hence a tolerance (measured: ~1e-5 relative).
     assert resumed == pytest.approx(straight, rel=1e-4)

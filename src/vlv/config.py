@@ -199,8 +199,36 @@ class Evaluate(Section):
     inception: str | None = Field(None, description="paper profile: local Inception weights for the Frechet distance; null = skip it")
 
 
+PriceKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+
+# Editable on-demand list prices (USD per device-hour; "cpu" is per core-hour), rounded,
+# as cloud price lists showed them in 2026. They are inputs, not measurements: put your own.
+DEFAULT_PRICES = {
+    "cpu": 0.04, "t4": 0.35, "l4": 0.80, "a10g": 1.00, "l40": 1.40, "l40s": 1.80, "rtx-6000-ada": 1.60,
+    "a100-40gb": 1.50, "a100-80gb": 1.90, "h100-pcie": 2.50, "h100-sxm": 3.00, "h100-nvl": 3.00,
+    "h200": 3.80, "gh200": 3.50, "b200": 6.00,
+}
+
+
+class RecipeStage(Section):
+    steps: PosInt
+    global_batch: PosInt
+
+
+class Projection(Section):
+    """The paper recipe the cost report projects from measured throughput (PAPER.md)."""
+
+    stage1: RecipeStage = RecipeStage(steps=200_000, global_batch=512)
+    stage2: RecipeStage = RecipeStage(steps=100_000, global_batch=64)
+
+
 class Cost(Section):
     budget_usd: PosFloat = 1000.0
+    prices_usd_per_hour: dict[PriceKey, NonNegFloat] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    on_over_budget: Literal["stop", "warn"] = "stop"
+    guard_every: PosInt = Field(50, description="training steps between budget checks")
+    throughput_records: str = Field("benchmarks/throughput.csv", description="measured throughput records (vlv bench-arch)")
+    projection: Projection = Projection()
 
 
 class Params(Section):

@@ -75,3 +75,22 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def cost_bars(usd: dict[str, float], budget: float, path: str | Path, title: str) -> Path:
+    """Dollars per stage with the budget as a line; log scale, so cents and the budget share one axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names, values = list(usd), [max(v, 1e-6) for v in usd.values()]
+    bars = ax.bar(names, values, color="tab:blue")
+    for b, v in zip(bars, usd.values()):
+        ax.annotate(f"\\${v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.axhline(budget, color="tab:red", ls="--", lw=1.2, label=f"budget \\${budget:g}")
+    ax.axhline(max(sum(usd.values()), 1e-6), color="tab:gray", ls=":", lw=1.0, label=f"total \\${sum(usd.values()):.3g}")
+    ax.set_yscale("log")
+    ax.set_ylabel("USD (log scale)")
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title.replace("$", r"\$"), fontsize=10)  # "$" would start mathtext
+    fig.tight_layout()
+    return _save(fig, path)

@@ -154,19 +154,71 @@ def run_tags(stage: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params) -> Iterator["object"]:
-    """An MLflow run for one stage: tags, every param (dotted), system metrics."""
+    """An MLflow run for one stage: tags, every param (dotted), system metrics, and the
+    stage's cost meter (vlv.cost.active() inside), logged as cost/* when the stage ends."""
     import mlflow
 
-    setup(params.tracking.experiment)
+    from . import cost
+
+    c = params.cost
+    kind, devices = cost.device(processes=int(os.environ.get("WORLD_SIZE", "1")))
+    price = cost.price_for(kind, c.prices_usd_per_hour)  # no price: one line, before any compute
+    exp_id = setup(params.tracking.experiment)
     if params.tracking.system_metrics:
         mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
     run_name = f"{stage}-{pipeline_id()}"
-    with mlflow.start_run(run_name=run_name, tags=run_tags(stage), log_system_metrics=params.tracking.system_metrics) as run:
+    tags = {**run_tags(stage), "vlv.device_kind": kind, "vlv.device_count": str(devices)}
+    with mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=params.tracking.system_metrics) as run:
         flat = flatten(dump(params))
         items = list(flat.items())
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             mlflow.log_params({k: str(v) for k, v in items[i : i + 100]})
-        yield run
+        meter = cost.Meter(stage, kind, devices, price, budget=c.budget_usd, on_over=c.on_over_budget,
+                           guard_every=c.guard_every, spent_elsewhere=pipeline_spent_usd(exp_id, run.info.run_id))
+        if meter.spent_elsewhere > c.budget_usd:
+            line = f"{stage}: over budget before it starts: this pipeline spent ${meter.spent_elsewhere:.4g} > cost.budget_usd ${c.budget_usd:g}"
+            if cost.over_budget_action(meter, line):
+                mlflow.set_tag("vlv.budget_guard", line)
+                raise VLVError(f"{line}; raise cost.budget_usd to go on")
+        cost.activate(meter)
+        try:
+            yield run
+        finally:
+            cost.activate(None)
+            if not meter.logged:  # a stage that failed before record(): its spend still counts
+                log_cost(meter.snapshot())
+            if meter.guard_events:
+                mlflow.set_tag("vlv.budget_guard", meter.guard_events[-1][:5000])
+
+
+def log_cost(snapshot: dict) -> None:
+    import mlflow
+
+    mlflow.log_metrics({f"cost/{k}": float(v) for k, v in snapshot.items() if isinstance(v, (int, float))})
+
+
+def pipeline_spent_usd(experiment_id: str, exclude_run_id: str | None = None, pid: str | None = None) -> float:
+    """USD logged (cost/usd) by the stage runs of one pipeline, all states, but one run."""
+    return sum(r["cost"]["usd"] for r in pipeline_runs(experiment_id, pid) if r["run_id"] != exclude_run_id)
+
+
+def pipeline_runs(experiment_id: str, pid: str | None = None) -> list[dict]:
+    """The stage runs of a pipeline (default: this one), oldest first, with their cost/* metrics."""
+    import mlflow
+
+    pid = pid or pipeline_id()
+    runs = mlflow.MlflowClient().search_runs([experiment_id], filter_string=f"tags.`vlv.pipeline_id` = '{pid}'",
+                                             order_by=["attributes.start_time ASC"], max_results=1000)
+    out = []
+    for r in runs:
+        stage = r.data.tags.get("vlv.stage")
+        if stage is None or stage == "cost_report":
+            continue
+        metrics = {k.removeprefix("cost/"): v for k, v in r.data.metrics.items() if k.startswith("cost/")}
+        metrics.setdefault("usd", 0.0)
+        out.append({"run_id": r.info.run_id, "stage": stage, "status": r.info.status,
+                    "device_kind": r.data.tags.get("vlv.device_kind", "?"), "cost": metrics})
+    return out
 
 
 def metric_logger(prefix: str):
@@ -186,11 +238,20 @@ def record(stage: str, metrics: dict, metrics_path: str | Path, artifacts=(), pr
 
     import mlflow
 
+    from . import cost
+
+    meter = cost.active()
+    if meter is not None:  # the stage's spend so far: in its metrics JSON and as cost/* in MLflow
+        snapshot = meter.snapshot()
+        metrics = {**metrics, "cost": snapshot}
+        log_cost(snapshot)
+        meter.logged = True
     path = Path(metrics_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2) + "\n")
     flat = flatten(metrics)
     prefix = prefix or stage
-    mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in flat.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("cost.")})
     for f in artifacts:
         mlflow.log_artifact(str(f), stage)

@@ -17,6 +17,11 @@ temporary name and renamed: trainable weights (safetensors), optimizer and LR-sc
 state, per-process RNG state, and meta.json (step, losses, seconds, fingerprint). A stage
 restarted after a crash or kill -9 resumes from the newest checkpoint whose fingerprint
 (the params and data it was made for) matches; any other checkpoint is discarded.
+
+Inside a stage run the loop feeds the stage's cost meter (vlv.cost): samples per step, and
+the device-hours a resumed checkpoint had already spent (kept in meta.json, so they are not
+counted twice); and it runs the budget guard before the first step, after it, and every
+``cost.guard_every`` steps (over budget -> checkpoint, then stop with one line, or warn).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from . import cost
 from .config import Optim
 from .errors import VLVError
 
@@ -274,7 +280,8 @@ def train(
     model = model.to(acc.device)
     ddp_model = acc.prepare_model(model) if acc.num_processes > 1 else model
 
-    start, losses, seconds_before = 0, [], 0.0
+    start, losses, seconds_before, hours_before = 0, [], 0.0, 0.0
+    meter = cost.active()  # the stage's cost meter; None outside a stage run
     found = latest_checkpoint(ckpt_dir, fingerprint)
     if found is None and _step_dirs(ckpt_dir) and acc.is_main_process:
         print(f"{spec.name}: checkpoints in {ckpt_dir} are for other params or data; starting fresh")
@@ -283,6 +290,9 @@ def train(
     if found is not None:
         meta = _load(found, ddp_model, optimizer, scheduler, acc)
         start, losses, seconds_before = meta["step"], meta["losses"], meta["seconds"]
+        hours_before = meta.get("cost", {}).get("device_hours", 0.0)
+        if meter is not None:  # spent before the kill: carried, not counted again
+            meter.carry(hours_before, meta.get("cost", {}).get("samples", 0))
         if acc.is_main_process:
             print(f"{spec.name}: resuming from {found} (step {start} of {spec.steps})")
 
@@ -299,8 +309,25 @@ def train(
     t0 = time.perf_counter()
 
     def meta(step: int) -> dict:
-        return {"step": step, "losses": losses, "seconds": seconds_before + time.perf_counter() - t0,
+        elapsed = time.perf_counter() - t0
+        spent = {"device_hours": hours_before + (meter.hours_for(elapsed) if meter else 0.0), "samples": step * spec.global_batch}
+        return {"step": step, "losses": losses, "seconds": seconds_before + elapsed, "cost": spent,
                 "fingerprint": fingerprint, "world_size": acc.num_processes, "name": spec.name}
+
+    def over_budget(done: int) -> str | None:
+        """The budget guard's verdict, the same on every process (main decides)."""
+        if meter is None:
+            return None
+        per_step = (time.perf_counter() - t0) / (done - start) if done > start else 0.0
+        line = meter.check(spec.name, spec.steps - done, per_step, done)
+        stop = line is not None and cost.over_budget_action(meter, line)
+        if acc.num_processes > 1:
+            stop = bool(acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="max"))
+        return (line or f"{spec.name}: over budget (another process's check)") if stop else None
+
+    line = over_budget(start)
+    if line:
+        raise VLVError(f"{line}; nothing run. Raise cost.budget_usd to go on")
 
     bar = tqdm(total=spec.steps, initial=start, desc=spec.name, unit="step", disable=not (progress and acc.is_main_process))
     batches = iter(loader)
@@ -331,6 +358,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         losses.append(mean_loss)
         done = step + 1
+        if meter is not None:
+            meter.add_samples(spec.global_batch)
         bar.update()
         if done % max(1, spec.log_every) == 0 or done == spec.steps:
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
@@ -340,8 +369,15 @@ def train(
                 if grad_norm is not None:
                     metrics["grad_norm"] = float(grad_norm)
                 log(done, metrics)
-        if (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == spec.steps:
+        saved = (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == spec.steps
+        if saved:
             _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
+        line = over_budget(done) if meter is not None and meter.due(done, start) and done < spec.steps else None
+        if line:
+            if not saved:
+                _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
+            bar.close()
+            raise VLVError(f"{line}; stopped, checkpoint {ckpt_dir / f'step-{done:08d}'} kept: raise cost.budget_usd and re-run to resume")
     bar.close()
     final = meta(spec.steps)
     return Result(steps=spec.steps, losses=losses, seconds=final["seconds"],
