@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import components, config, data, plots, tracking
+from vlv import components, config, data, latents, plots, tracking
 from vlv.autoencoder import VLVAutoencoder, VLVEncoder, conditioning_report
 from vlv.cli import stage
 from vlv.train import clear_checkpoints, fingerprint, spec_from, train
@@ -52,6 +52,7 @@ def main(params: config.Params) -> None:
     with tracking.stage_run("stage1", params):
         model = build(params)
         images = data.ShardDataset(DATA, "images")  # no captions: stage 1 sees images only
+        images = latents.WithLatents(images, *latents.encode(model.vae, images, desc="stage1: encode latents"))  # VAE is frozen
         mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
                            "stage1.vision_source": model.encoder.vision_source})
         run = train(model, images, spec_from(s, "stage1", params.seed), CKPT,

@@ -135,6 +135,18 @@ def test_same_sample_ids_same_loss(model):
         assert model(batch) == model(batch)
 
 
+def test_cached_latents_give_the_loss_that_encoding_each_step_gives(model):
+    from vlv import latents
+
+    images = [{"pixel_values": torch.rand(3, 32, 32) * 2 - 1} for _ in range(6)]
+    cached = latents.WithLatents(images, *latents.encode(model.vae, images, batch_size=4))
+    ids = torch.arange(20, 26)
+    batch = {"pixel_values": torch.stack([it["pixel_values"] for it in images]), "sample_id": ids}
+    with_cache = {**batch, **{k: torch.stack([cached[i][k] for i in range(6)]) for k in ("latent_mean", "latent_std")}}
+    with torch.no_grad():
+        assert float(model(with_cache)) == pytest.approx(float(model(batch)), rel=1e-5)
+
+
 def test_encoder_save_load_and_reconstruct(model, t2i_folder, tmp_path):
     model.eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1

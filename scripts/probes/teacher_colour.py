@@ -1,6 +1,6 @@
 """Probe (issue 3): train the teacher (CLIP text encoder + UNet) on cached latents of the
 trained VAE in models/pretrained/t2i, with variants (--objw object-pixel loss weight, --xattn
-both, --batch, --lr), then run pretrain.colour_check on the saved folder. From the repo root:
+both, --batch, --lr, --addtext HEADS: pooled caption added to the time embedding), then run pretrain.colour_check on the saved folder. From the repo root:
     .venv/bin/python scripts/probes/teacher_colour.py --steps 1200 --objw 4 --out /tmp/t2i_objw4
 """
 import sys, time, json, argparse, copy
@@ -12,7 +12,7 @@ ap.add_argument("--steps", type=int, default=1500); ap.add_argument("--batch", t
 ap.add_argument("--lr", type=float, default=2e-3); ap.add_argument("--xattn", default="low")
 ap.add_argument("--objw", type=float, default=0.0); ap.add_argument("--high", type=float, default=0.5)
 ap.add_argument("--ch", default="32,64"); ap.add_argument("--te_layers", type=int, default=2)
-ap.add_argument("--pred", default="v_prediction"); ap.add_argument("--out", default="/tmp/probe/t2i")
+ap.add_argument("--pred", default="v_prediction"); ap.add_argument("--addtext", type=int, default=0); ap.add_argument("--out", default="/tmp/probe/t2i")
 a = ap.parse_args()
 torch.manual_seed(0)
 ds = data.ShardDataset("data/prepared", "images", captions=True)
@@ -35,9 +35,14 @@ mask16 = torch.nn.functional.max_pool2d(mask, 2)
 card = copy.deepcopy(cards.load_card("t2i-tiny"))
 u = card["parts"]["unet"]["config"]
 ch = [int(c) for c in a.ch.split(",")]; u["block_out_channels"] = ch
+if len(ch) == 3:  # a third level (4x4), cross-attention at 8x8 and 4x4: zero padding tells a 4x4 map its cells apart
+    u["down_block_types"] = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    u["up_block_types"] = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
 if a.xattn == "both":
     u["down_block_types"] = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]; u["up_block_types"] = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
 card["parts"]["text_encoder"]["config"]["num_hidden_layers"] = a.te_layers
+if a.addtext:  # pooled text -> time embedding: every ResNet block sees the caption (diffusers "text" addition)
+    u["addition_embed_type"] = "text"; u["addition_embed_type_num_heads"] = a.addtext
 card["parts"]["scheduler"]["config"]["prediction_type"] = a.pred
 tok = old.tokenizer
 parts = components.build_t2i(card, tok)

@@ -24,6 +24,7 @@ from torch import nn
 
 from .components import T2IParts, VisionParts
 from .errors import VLVError
+from .latents import draw, posterior
 from .train import per_sample_randint, per_sample_randn, sample_generators
 
 ENCODER_PARTS = ("queries", "projection", "language_model", "image_projector", "vision_tower")
@@ -190,10 +191,9 @@ class VLVAutoencoder(nn.Module):
         return self.clip.from_embeddings(self.encoder(pixel_values))
 
     @torch.no_grad()
-    def latents(self, pixel_values: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        dist = self.vae.encode(pixel_values).latent_dist
-        eps = per_sample_randn(tuple(dist.mean.shape[1:]), generators).to(dist.mean)
-        return (dist.mean + dist.std * eps) * self.scaling
+    def latents(self, batch: dict, generators: list[torch.Generator]) -> torch.Tensor:
+        """The batch's scaled VAE latents: from the cache (vlv.latents) or encoded now."""
+        return draw(*posterior(self.vae, batch), generators, self.scaling)
 
     def noised(self, latents: torch.Tensor, generators: list[torch.Generator]):
         """(noisy latents, timesteps, target) with per-sample noise and timesteps."""
@@ -217,7 +217,7 @@ class VLVAutoencoder(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         x = batch["pixel_values"]
         gens = sample_generators(batch["sample_id"], self.seed)
-        z = self.latents(x, gens)
+        z = self.latents(batch, gens)
         noisy, t, target = self.noised(z, gens)
         return self.denoise_error(noisy, t, target, self.condition(x)).mean()
 
@@ -295,7 +295,7 @@ def conditioning_report(model: VLVAutoencoder, dataset, n_images: int, draws: in
         }
         for k in range(draws):
             gens = sample_generators(torch.arange(sl.start, sl.stop) + 1_000_000 * (k + 1), seed, salt=99)
-            noisy, t, target = model.noised(model.latents(x, gens), gens)
+            noisy, t, target = model.noised(model.latents({"pixel_values": x}, gens), gens)
             for name, c in cond.items():
                 errs[name][sl, k] = model.denoise_error(noisy, t, target, c).cpu()
     per_image = {k: v.mean(1) for k, v in errs.items()}

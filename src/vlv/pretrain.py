@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cards, components, data, plots, tracking, vocab, world
+from . import cards, components, data, latents, plots, tracking, vocab, world
 from .classifier import AttributeClassifier
 from .components import T2IParts
 from .config import Params
@@ -73,9 +73,7 @@ class TeacherObjective(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         x = batch["pixel_values"]
         gens = sample_generators(batch["sample_id"], self.seed, salt=2)
-        with torch.no_grad():
-            dist = self.vae.encode(x).latent_dist
-            z = (dist.mean + dist.std * per_sample_randn(tuple(dist.mean.shape[1:]), gens).to(x)) * self.scaling
+        z = latents.draw(*latents.posterior(self.vae, batch), gens, self.scaling)
         drop = [float(torch.rand((), generator=g)) < self.p for g in gens]
         captions = ["" if d else c for d, c in zip(drop, batch["caption"])]
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -243,7 +241,8 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
     teacher = TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
                                         p.teacher.high_noise_share, p.teacher.high_noise_from)
-    teacher_run = train(teacher, dataset, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
+    cached = latents.WithLatents(dataset, *latents.encode(t2i.vae, dataset, desc="pretrain: encode latents"))
+    teacher_run = train(teacher, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
                         fingerprint(card, p.vae, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
     components.save_t2i(t2i, tmp / "t2i")
 
