@@ -12,7 +12,7 @@ ap.add_argument("--steps", type=int, default=1500); ap.add_argument("--batch", t
 ap.add_argument("--lr", type=float, default=2e-3); ap.add_argument("--xattn", default="low")
 ap.add_argument("--objw", type=float, default=0.0); ap.add_argument("--high", type=float, default=0.5)
 ap.add_argument("--ch", default="32,64"); ap.add_argument("--te_layers", type=int, default=2)
-ap.add_argument("--pred", default="v_prediction"); ap.add_argument("--addtext", type=int, default=0); ap.add_argument("--out", default="/tmp/probe/t2i")
+ap.add_argument("--pred", default="v_prediction"); ap.add_argument("--addtext", type=int, default=0); ap.add_argument("--freeze_te", type=int, default=0); ap.add_argument("--out", default="/tmp/probe/t2i")
 a = ap.parse_args()
 torch.manual_seed(0)
 ds = data.ShardDataset("data/prepared", "images", captions=True)
@@ -51,7 +51,8 @@ te, unet, sch = parts.text_encoder, parts.unet, parts.scheduler
 print("unet params", sum(p.numel() for p in unet.parameters())/1e6, flush=True)
 ids_all = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
 empty = tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
-params = list(te.parameters()) + list(unet.parameters())
+te.requires_grad_(not a.freeze_te)  # --freeze_te 1: a random, never-trained text encoder (does joint training collapse it?)
+params = ([] if a.freeze_te else list(te.parameters())) + list(unet.parameters())
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s+1)/50) * 0.5*(1+np.cos(np.pi*min(s, a.steps)/a.steps)))
 scale = float(vae.config.scaling_factor)
