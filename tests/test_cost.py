@@ -167,6 +167,10 @@ def test_a_stage_run_logs_its_cost_and_the_pipeline_total_reads_back(tmp_path, m
         assert tracking.pipeline_spent_usd(exp) == pytest.approx(2.5)
         with pytest.raises(VLVError, match="over budget before it starts"):
             with tracking.stage_run("pretrain", params):
-                pass
+                raise AssertionError("the stage body must not run")
+        stopped = [r for r in tracking.pipeline_runs(exp) if r["stage"] == "pretrain"]
+        assert stopped and stopped[0]["status"] == "FAILED"
+        tags = mlflow.MlflowClient().get_run(stopped[0]["run_id"]).data.tags
+        assert "over budget before it starts" in tags["vlv.budget_guard"]
     finally:
         mlflow.set_tracking_uri(None)

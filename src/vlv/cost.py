@@ -154,13 +154,15 @@ class Meter:
     def due(self, done: int, start: int) -> bool:
         return done == start + 1 or done % self.guard_every == 0
 
-    def check(self, name: str, remaining_steps: int, seconds_per_step: float, at_step: int) -> str | None:
-        """None within budget; else the one line saying spent, projected and budget."""
+    def check(self, name: str, remaining_steps: int = 0, seconds_per_step: float = 0.0, at_step: int | None = None) -> str | None:
+        """None within budget; else the one line saying spent, projected and budget.
+        ``at_step`` None: the check at the start of a stage (nothing projected yet)."""
         spent = self.spent_elsewhere + self.usd()
         projected = self.hours_for(remaining_steps * seconds_per_step) * self.price
         if spent + projected <= self.budget:
             return None
-        line = (f"{name}: over budget at step {at_step}: spent ${spent:.4g} by this pipeline + projected ${projected:.4g} "
+        where = "before it starts" if at_step is None else f"at step {at_step}"
+        line = (f"{name}: over budget {where}: spent ${spent:.4g} by this pipeline + projected ${projected:.4g} "
                 f"for the remaining {remaining_steps} steps > cost.budget_usd ${self.budget:g}")
         self.guard_events.append(line)
         return line

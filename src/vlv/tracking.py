@@ -175,13 +175,11 @@ def stage_run(stage: str, params: Params) -> Iterator["object"]:
             mlflow.log_params({k: str(v) for k, v in items[i : i + 100]})
         meter = cost.Meter(stage, kind, devices, price, budget=c.budget_usd, on_over=c.on_over_budget,
                            guard_every=c.guard_every, spent_elsewhere=pipeline_spent_usd(exp_id, run.info.run_id))
-        if meter.spent_elsewhere > c.budget_usd:
-            line = f"{stage}: over budget before it starts: this pipeline spent ${meter.spent_elsewhere:.4g} > cost.budget_usd ${c.budget_usd:g}"
-            if cost.over_budget_action(meter, line):
-                mlflow.set_tag("vlv.budget_guard", line)
-                raise VLVError(f"{line}; raise cost.budget_usd to go on")
         cost.activate(meter)
         try:
+            line = meter.check(stage)  # covers stages without a training loop too
+            if line and cost.over_budget_action(meter, line):
+                raise VLVError(f"{line}; nothing run. Raise cost.budget_usd to go on")
             yield run
         finally:
             cost.activate(None)
