@@ -182,3 +182,43 @@ def test_dominant_colour_reads_rendered_scenes():
     assert np.mean(hits) == 1.0
     assert all(pretrain.dominant_background(s.render()) == s.attributes.background for s in scenes)
     assert pretrain.dominant_colour(np.zeros((32, 32, 3), np.uint8)) is None
+
+
+def test_contrastive_pretraining_trains_the_t2i_text_encoder_in_place(clip_tok):
+    """CLIP-style InfoNCE against the card's tiny ViT: the loss falls on a fixed set of pairs,
+    retrieval beats chance, and the updated weights are the T2I text encoder's own."""
+    from vlv import cards
+
+    torch.manual_seed(0)
+    card = cards.load_card("t2i-tiny")
+    t2i = components.build_t2i(card, clip_tok)
+    before = t2i.text_encoder.embeddings.token_embedding.weight.detach().clone()
+    obj = pretrain.ContrastiveTextObjective(t2i.text_encoder, clip_tok, card)
+    scenes = world.sample_scenes(3, 16)
+    batch = {"pixel_values": torch.from_numpy(np.stack([s.render() for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1,
+             "caption": [s.caption() for s in scenes]}
+    opt = torch.optim.AdamW(obj.parameters(), lr=2e-3)
+    first = float(obj(batch))
+    for _ in range(80):
+        loss = obj(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(obj(batch)) < 0.5 * first
+    assert obj.retrieval_accuracy(batch["pixel_values"], batch["caption"]) >= 0.5  # chance 1/16
+    assert obj.clip.text_model is t2i.text_encoder
+    assert not torch.equal(before, t2i.text_encoder.embeddings.token_embedding.weight)
+
+
+@pytest.mark.parametrize("train_te", [False, True])
+def test_teacher_trains_the_text_encoder_only_when_asked(clip_tok, train_te):
+    torch.manual_seed(0)
+    t2i = components.build_t2i("t2i-tiny", clip_tok)
+    obj = pretrain.TeacherObjective(t2i, 0.1, seed=0, train_text_encoder=train_te).train()
+    scenes = world.sample_scenes(4, 4)
+    x = torch.from_numpy(np.stack([s.render() for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    obj({"pixel_values": x, "caption": [s.caption() for s in scenes], "sample_id": torch.arange(4)}).backward()
+    te_grads = [p.grad for p in t2i.text_encoder.parameters()]
+    assert all(g is not None for g in te_grads) == train_te
+    assert t2i.text_encoder.training == train_te
+    assert all(p.grad is not None for p in t2i.unet.parameters() if p.requires_grad)

@@ -51,7 +51,7 @@ def shrink(params: dict) -> None:
     params["prepare"]["splits"] = {"images": 0.6, "pairs": 0.2, "val": 0.1, "test": 0.1}
     params["tracking"]["system_metrics_interval_s"] = 1
     tiny = {"global_batch": 8, "checkpoint_every": 0, "log_every": 2}
-    params["pretrain"] = {"vae": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
+    params["pretrain"] = {"vae": {"steps": 3, **tiny}, "clip": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
                           "classifier": {"steps": 3, **tiny}, "eval": {"prompts": 4, "steps": 2}}
     params["stage1"] = {**params["stage1"], "steps": 40, "global_batch": 8, "checkpoint_every": 4, "log_every": 4,
                         "eval": {"images": 8, "noise_draws": 1, "recon_images": 2, "recon_steps": 2, "guidance_scale": 2.0}}

@@ -8,10 +8,10 @@ import torch, numpy as np
 from vlv import cards, data, pretrain, world
 ap=argparse.ArgumentParser(); ap.add_argument('--lr',type=float,default=3e-3); ap.add_argument('--steps',type=int,default=600)
 ap.add_argument('--batch',type=int,default=32); ap.add_argument('--loss',default='mse'); ap.add_argument('--ch',default='32,64')
-ap.add_argument('--lpb',type=int,default=1)
+ap.add_argument('--lpb',type=int,default=1); ap.add_argument('--lat',type=int,default=4)
 a=ap.parse_args()
 torch.manual_seed(0)
-card=cards.load_card('t2i-tiny'); cfg=card['parts']['vae']['config']; cfg['block_out_channels']=[int(c) for c in a.ch.split(',')]; cfg['layers_per_block']=a.lpb
+card=cards.load_card('t2i-tiny'); cfg=card['parts']['vae']['config']; cfg['block_out_channels']=[int(c) for c in a.ch.split(',')]; cfg['layers_per_block']=a.lpb; cfg['latent_channels']=a.lat
 vae=cards.build(card,'vae')
 ds=data.ShardDataset('data/prepared','images',captions=False)
 N=len(ds)

@@ -117,10 +117,20 @@ class VAELoop(Loop):
     kl_weight: NonNegFloat = 1e-6
 
 
+class ClipLoop(Loop):
+    """CLIP-style contrastive pretraining of the teacher's text encoder against a tiny ViT
+    (SD's text encoder is a frozen, contrastively pretrained CLIP); steps 0 = skip it."""
+
+    steps: NonNegInt = 500
+    global_batch: PosInt = 64
+    optim: Optim = Optim(lr=1e-3, warmup_steps=30)
+
+
 class TeacherLoop(Loop):
     steps: PosInt = 1500
     global_batch: PosInt = 16
     optim: Optim = Optim(lr=2e-3, warmup_steps=50)
+    train_text_encoder: bool = Field(False, description="train the text encoder with the UNet (false: frozen, as in SD)")
     caption_dropout: Fraction = 0.1
     high_noise_share: Fraction = Field(0.5, description="share of samples with t from the noisiest part of the schedule")
     high_noise_from: Fraction = Field(0.7, description="where that noisiest part starts, as a share of the timesteps")
@@ -150,6 +160,7 @@ class Pretrain(Section):
     """Embedded profile only: train the parts the paper downloads (saved as HF folders)."""
 
     vae: VAELoop = VAELoop()
+    clip: ClipLoop = ClipLoop()
     teacher: TeacherLoop = TeacherLoop()
     llm: LMLoop = LMLoop()
     classifier: ClassifierLoop = ClassifierLoop()

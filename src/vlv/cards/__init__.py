@@ -23,6 +23,7 @@ from ..errors import VLVError
 DIFFUSERS_CLASSES = {"UNet2DConditionModel", "AutoencoderKL", "DDPMScheduler", "DDIMScheduler", "PNDMScheduler"}
 TRANSFORMERS_CLASSES = {
     "CLIPTextModel": "CLIPTextConfig",
+    "CLIPVisionModel": "CLIPVisionConfig",
     "Florence2ForConditionalGeneration": "Florence2Config",
     "Qwen2ForCausalLM": "Qwen2Config",
     "ResNetModel": "ResNetConfig",
