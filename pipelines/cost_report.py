@@ -35,7 +35,7 @@ def stage_rows(experiment_id: str) -> list[cost.StageCost]:
     return sorted(rows, key=lambda r: order.get(r.stage, len(order)))
 
 
-@stage("cost_report")
+@stage("cost_report", main_only=True)
 def main(params: config.Params) -> None:
     """Total device-hours and dollars per stage against cost.budget_usd; project the paper recipe."""
     c = params.cost

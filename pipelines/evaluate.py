@@ -23,7 +23,7 @@ TABLE = Path("metrics/test_captions.csv")
 PLOTS = Path("plots/evaluate")
 
 
-@stage("evaluate")
+@stage("evaluate", main_only=True)
 def main(params: config.Params) -> None:
     """Caption the test split; score captions and their regenerations."""
     e = params.evaluate

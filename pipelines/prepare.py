@@ -10,7 +10,7 @@ METRICS = Path("metrics/prepare.json")
 SAMPLES = Path("plots/prepare/samples.png")
 
 
-@stage("prepare")
+@stage("prepare", main_only=True)
 def main(params: config.Params) -> None:
     """Ingest the source named by params.prepare into validated shards and a manifest."""
     with tracking.stage_run("prepare", params):

@@ -23,12 +23,16 @@ PLOTS = Path("plots/pretrain")
 @stage("pretrain")
 def main(params: config.Params) -> None:
     """Train (embedded) or verify (paper) the pretrained parts."""
+    if params.profile == "paper" and not tracking.is_main():
+        return
     PLOTS.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run("pretrain", params):
         if params.profile == "paper":
             metrics = {"verified": 1, **pretrain.verify_folders(params, OUT)}
         else:
             metrics = pretrain.train_parts(params, DATA, OUT, CKPT, PLOTS)
+        if not tracking.is_main():  # accelerate launch: the main process saved the parts; it checks and logs
+            return
         tracking.record("pretrain", metrics, METRICS, sorted(PLOTS.glob("*")))
         clear_checkpoints(CKPT)
         print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k != 'lm_samples'})}")

@@ -53,11 +53,14 @@ def main(params: config.Params) -> None:
         model = build(params)
         images = data.ShardDataset(DATA, "images")  # no captions: stage 1 sees images only
         images = latents.WithLatents(images, *latents.encode(model.vae, images, desc="stage1: encode latents"))  # VAE is frozen
-        mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
-                           "stage1.vision_source": model.encoder.vision_source})
+        if tracking.is_main():
+            mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
+                               "stage1.vision_source": model.encoder.vision_source})
         run = train(model, images, spec_from(s, "stage1", params.seed), CKPT,
                     fingerprint(params.components, s.model_dump(exclude={"eval"}), data.manifest_hash(DATA), params.seed),
                     log=tracking.metric_logger("stage1"))
+        if not tracking.is_main():  # accelerate launch: the main process saves, evaluates and logs
+            return
         model.encoder.save(OUT, extra={"t2i": params.components.t2i, "resolution": params.prepare.image_size})
 
         val = data.ShardDataset(DATA, "val", captions=True)

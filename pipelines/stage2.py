@@ -58,11 +58,14 @@ def main(params: config.Params) -> None:
     with tracking.stage_run("stage2", params):
         train_set = pairs(params)  # fails before any compute when num_pairs is too large
         model = build(params)
-        mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
-                           "stage2.pairs_used": len(train_set)})
+        if tracking.is_main():
+            mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
+                               "stage2.pairs_used": len(train_set)})
         fp = fingerprint(params.components, s, params.stage1.num_queries, params.stage1.trainable,
                          data.manifest_hash(DATA), params.seed, s.init == "stage1" and data.folder_hash(STAGE1))
         run = train(model, train_set, spec_from(s, "stage2", params.seed), CKPT, fp, log=tracking.metric_logger("stage2"))
+        if not tracking.is_main():  # accelerate launch: the main process saves, evaluates and logs
+            return
         tmp = OUT.with_name(OUT.name + ".partial")
         model.save(tmp, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, resolution=params.prepare.image_size,
                    trainable=s.trainable, init=s.init, pairs=len(train_set), t2i=params.components.t2i)

@@ -67,12 +67,12 @@ def project(tmp_path_factory):
 def runs(project_dir):
     db = project_dir / "mlruns" / "mlflow.db"
     with sqlite3.connect(db) as con:
-        rows = con.execute("select run_uuid from runs order by start_time").fetchall()
+        rows = con.execute("select run_uuid, status from runs order by start_time").fetchall()
         out = []
-        for (rid,) in rows:
+        for rid, status in rows:
             tags = dict(con.execute("select key, value from tags where run_uuid=?", (rid,)).fetchall())
             metrics = dict(con.execute("select key, value from latest_metrics where run_uuid=?", (rid,)).fetchall())
-            out.append({"id": rid, "tags": tags, "metrics": metrics})
+            out.append({"id": rid, "status": status, "tags": tags, "metrics": metrics})
         return out
 
 
@@ -215,6 +215,28 @@ def test_the_registered_captioner_serves_through_mlflow_pyfunc(project):
     finally:
         mlflow.set_tracking_uri(None)
     assert isinstance(out["caption"][0], str) and pd.isna(out["error"][0])
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed")
+def test_stage1_under_accelerate_launch_two_processes_logs_and_writes_once(project):
+    """The stage script itself (not only the loop) under `accelerate launch --num_processes 2`
+    on CPU: both processes train, only the main one saves, evaluates and opens an MLflow run."""
+    d, env = project
+    before = runs(d)
+    metrics = d / "metrics/stage1.json"
+    old = json.loads(metrics.read_text())
+    accel = str(Path(sys.executable).parent / "accelerate")
+    r = subprocess.run([accel, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "--main_process_port", "29547", "pipelines/stage1.py"],
+                       cwd=d, env={**env, "PYTHONPATH": "src"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = runs(d)[len(before):]
+    assert [x["tags"]["vlv.stage"] for x in new] == ["stage1"], "exactly one MLflow run, from the main process"
+    assert new[0]["status"] == "FINISHED" and new[0]["metrics"]["cost/usd"] > 0
+    s1 = json.loads(metrics.read_text())
+    assert s1["steps"] == old["steps"] and s1["samples"] == s1["steps"] * 8, "same steps at the global batch (8)"
+    assert r.stdout.count("stage1: val loss vlv") == 1, "one process evaluates"
+    assert (d / "models/stage1/vlv_encoder.json").is_file() and not (d / "checkpoints/stage1").exists()
 
 
 def test_dvc_exp_run_with_a_set_param(project):

@@ -61,6 +61,22 @@ def test_processes_starting_together_share_one_fresh_store(tmp_path):
         mlflow.set_tracking_uri(None)
 
 
+def test_stage_run_in_a_non_main_process_opens_no_run_but_keeps_a_meter(store, monkeypatch):
+    """`accelerate launch` sets RANK; only rank 0 logs. The others still meter the loop."""
+    from vlv import cost
+
+    monkeypatch.setenv("RANK", "1")
+    params = config.validate({"tracking": {"system_metrics": False}})
+    with tracking.stage_run("stage1", params) as run:
+        assert run is None and mlflow.active_run() is None
+        assert cost.active() is not None and cost.active().stage == "stage1"
+    assert cost.active() is None
+    exp = mlflow.get_experiment_by_name(params.tracking.experiment)
+    assert exp is None or mlflow.search_runs([exp.experiment_id]).empty
+    monkeypatch.setenv("RANK", "0")
+    assert tracking.is_main()
+
+
 def test_stage_run_tags_and_params(store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "wide-queries")
     monkeypatch.setenv("VLV_PIPELINE_ID", "pipe123")

@@ -103,3 +103,15 @@ def test_groups_without_an_lr_take_the_configured_one(tmp_path):
     train(model, loop_toy.Points(), spec, tmp_path / "ck", "x", progress=False)
     step = max((p.detach() - b).abs().max().item() for p, b in zip(model.net[0].parameters(), before))
     assert step == pytest.approx(0.01, rel=0.05)  # Adam's first step moves each weight by about lr
+
+
+def test_bf16_precision_runs_the_loop_under_autocast_with_fp32_weights(tmp_path):
+    """`precision: bf16` (the GPU default) on CPU: autocast bf16, weights and optimizer stay fp32,
+    and the losses track the fp32 run's."""
+    a = train(loop_toy.Regressor(), loop_toy.Points(), loop_toy.spec(steps=8), tmp_path / "a", "x", progress=False)
+    model = loop_toy.Regressor()
+    b = train(model, loop_toy.Points(), loop_toy.spec(steps=8, precision="bf16"), tmp_path / "b", "x", progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.isfinite(torch.tensor(b.losses)))
+    assert b.losses[0] == pytest.approx(a.losses[0], rel=2e-2)  # bf16 keeps ~3 significant digits
+    assert b.final_loss == pytest.approx(a.final_loss, rel=0.1)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from . import config
+from . import config, tracking
 from .errors import VLVError
 
 
@@ -22,8 +22,11 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def stage(name: str) -> Callable:
-    """Decorate a pipelines/ script's ``main(params)``: parse --params, validate, run."""
+def stage(name: str, main_only: bool = False) -> Callable:
+    """Decorate a pipelines/ script's ``main(params)``: parse --params, validate, run.
+
+    ``main_only``: a stage without a training loop; under ``accelerate launch`` the other
+    processes exit at once and the main process does the work (and all the writing)."""
 
     def wrap(fn: Callable[[config.Params], None]) -> Callable[[list[str] | None], None]:
         @functools.wraps(fn)
@@ -31,6 +34,8 @@ def stage(name: str) -> Callable:
             ap = argparse.ArgumentParser(prog=f"pipelines/{name}.py", description=fn.__doc__)
             ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
             args = ap.parse_args(argv)
+            if main_only and not tracking.is_main():
+                return
             try:
                 fn(config.load(args.params))
             except VLVError as err:

@@ -276,7 +276,9 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     data_hash = data.manifest_hash(data_root)
     card = cards.load_card("t2i-tiny")
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = tracking.is_main()  # under accelerate launch every process trains; the main one writes and checks
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     torch.manual_seed(seed)
     t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
@@ -301,7 +303,8 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     teacher_run = runs["teacher"] = train(
         teacher, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
         fingerprint(card, p.vae, p.clip, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
-    components.save_t2i(t2i, tmp / "t2i")
+    if main:
+        components.save_t2i(t2i, tmp / "t2i")
 
     tok = vocab.qwen2_tokenizer(corpus)
     lm = cards.build("llm-tiny", "model", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -309,8 +312,9 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
                    fingerprint("llm-tiny", p.llm, data_hash, seed), log=tracking.metric_logger("pretrain/llm"))
     lm.generation_config.eos_token_id = tok.eos_token_id
     lm.generation_config.pad_token_id = tok.pad_token_id
-    lm.save_pretrained(tmp / "llm", safe_serialization=True)
-    tok.save_pretrained(tmp / "llm")
+    if main:
+        lm.save_pretrained(tmp / "llm", safe_serialization=True)
+        tok.save_pretrained(tmp / "llm")
 
     clf_report = {}
     if all(world.try_parse(c) is not None for c in corpus):  # the world's captions: its attribute classifier
@@ -318,10 +322,13 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         clf = AttributeClassifier.from_card("classifier-tiny")
         clf_run = train(clf, dataset, spec_from(p.classifier, "pretrain.classifier", seed), ckpt / "classifier",
                         fingerprint("classifier-tiny", p.classifier, data_hash, seed), log=tracking.metric_logger("pretrain/classifier"))
-        clf.save(tmp / "classifier")
+        if main:
+            clf.save(tmp / "classifier")
         clf_report = {"classifier_final_loss": clf_run.final_loss, "classifier_seconds": clf_run.seconds}
     else:
         print("pretrain: the captions are not shapes-world captions; no attribute classifier (evaluate skips the regeneration scores)")
+    if not main:
+        return {}
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -152,10 +152,19 @@ def run_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+def is_main() -> bool:
+    """True in the main process of ``accelerate launch`` / torchrun (RANK 0), and when not launched."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params) -> Iterator["object"]:
     """An MLflow run for one stage: tags, every param (dotted), system metrics, and the
-    stage's cost meter (vlv.cost.active() inside), logged as cost/* when the stage ends."""
+    stage's cost meter (vlv.cost.active() inside), logged as cost/* when the stage ends.
+
+    Under ``accelerate launch`` only the main process opens the run and logs; the others
+    yield None and keep a meter for the training loop's budget guard, whose verdict the
+    main process decides for all."""
     import mlflow
 
     from . import cost
@@ -163,6 +172,14 @@ def stage_run(stage: str, params: Params) -> Iterator["object"]:
     c = params.cost
     kind, devices = cost.device(processes=int(os.environ.get("WORLD_SIZE", "1")))
     price = cost.price_for(kind, c.prices_usd_per_hour)  # no price: one line, before any compute
+    if not is_main():
+        cost.activate(cost.Meter(stage, kind, devices, price, budget=c.budget_usd, on_over=c.on_over_budget,
+                                 guard_every=c.guard_every))
+        try:
+            yield None
+        finally:
+            cost.activate(None)
+        return
     exp_id = setup(params.tracking.experiment)
     if params.tracking.system_metrics:
         mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval_s)
