@@ -19,7 +19,6 @@ card = cards.load_card("florence2-tiny")
 if a.init_std: card["parts"]["model"]["config"]["text_config"]["init_std"] = a.init_std
 enc = VLVEncoder(components.build_vision(card), a.nq, clip.width)
 head = torch.nn.Linear(a.nq * clip.width, 9)
-POS = list(world.POSITIONS) if hasattr(world, "POSITIONS") else None
 def load(split, n):
     ds = data.ShardDataset("data/prepared", split, captions=True, limit=n)
     x = torch.stack([ds[i]["pixel_values"] for i in range(len(ds))])

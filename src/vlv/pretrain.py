@@ -26,6 +26,7 @@ from . import cards, components, data, latents, plots, tracking, vocab, world
 from .classifier import AttributeClassifier
 from .components import T2IParts
 from .config import Params
+from .errors import VLVError
 from .train import fingerprint, per_sample_randn, sample_generators, spec_from, train
 
 
@@ -122,8 +123,7 @@ class TeacherObjective(nn.Module):
         captions = ["" if d else c for d, c in zip(drop, batch["caption"])]
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(x.device)
-        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            cond = self.text_encoder(ids).last_hidden_state
+        cond = self.text_encoder(ids).last_hidden_state  # frozen: requires_grad is off, no graph
         noise = per_sample_randn(tuple(z.shape[1:]), gens).to(z)
         t = self.timesteps(gens).to(x.device)
         noisy = self.scheduler.add_noise(z, noise, t)
@@ -287,15 +287,17 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     sample = torch.stack([dataset[i]["pixel_values"] for i in range(min(1024, len(dataset)))])
     t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
     runs = {"vae": vae_run}
+    val = data.ShardDataset(data_root, "val", captions=True)  # read once: text-encoder retrieval, classifier check
+    if not len(val):
+        raise VLVError("the val split is empty; pretrain scores its parts on it: raise prepare.splits.val")
+    val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
     clip_report = {}
     if p.clip.steps:
         torch.manual_seed(seed)
         contrastive = ContrastiveTextObjective(t2i.text_encoder, t2i.tokenizer, card)
         runs["clip"] = train(contrastive, dataset, spec_from(p.clip, "pretrain.clip", seed), ckpt / "clip",
                              fingerprint(card, p.clip, data_hash, seed), log=tracking.metric_logger("pretrain/clip"))
-        val = data.ShardDataset(data_root, "val", captions=True)
-        x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
-        clip_report = {"clip_val_retrieval": contrastive.retrieval_accuracy(x, val.rows["caption"].tolist()),
+        clip_report = {"clip_val_retrieval": contrastive.retrieval_accuracy(val_x, val.rows["caption"].tolist()),
                        "clip_val_retrieval_chance": 1 / len(val), "clip_final_loss": runs["clip"].final_loss}
     teacher = TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
                                p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
@@ -338,10 +340,8 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     llm_parts = components.load_llm(out / "llm", param="models/pretrained/llm")
     lm_report = lm_check(llm_parts.model, llm_parts.tokenizer)
     if clf_report:
-        val = data.ShardDataset(data_root, "val", captions=True)
-        x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
         clf = AttributeClassifier.load(out / "classifier")
-        clf_report["classifier_val_accuracy"] = world.score(clf.predict(x), val.rows["caption"].tolist())["mean"]
+        clf_report["classifier_val_accuracy"] = world.score(clf.predict(val_x), val.rows["caption"].tolist())["mean"]
     n_show = min(24, check.n)
     plots.image_grid([list(check.images[i : i + 8]) for i in range(0, n_show, 8)], plots_dir / "teacher_samples.png",
                      title=f"teacher samples (single-object prompts): prompted colour dominant in {check.rate:.0%}, "
