@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlv import config, cost, data, evaluation, plots, tracking, world
+from vlv import config, cost, data, evaluation, inception, plots, tracking, world
 from vlv.captioner import Captioner, caption_batches
 from vlv.classifier import AttributeClassifier
 from vlv.cli import stage
@@ -27,6 +27,7 @@ PLOTS = Path("plots/evaluate")
 def main(params: config.Params) -> None:
     """Caption the test split; score captions and their regenerations."""
     e = params.evaluate
+    fid_net = inception.load(e.inception) if e.inception else None  # a bad file fails before any compute
     with tracking.stage_run("evaluate", params):
         model = Captioner.load(MODEL)
         test = data.ShardDataset(DATA, "test", captions=True, limit=e.images)
@@ -34,7 +35,7 @@ def main(params: config.Params) -> None:
         refs = test.rows["caption"].tolist()
         cfg = model.config
         predicted = caption_batches(model, x, cfg["num_beams"], cfg["max_new_tokens"], e.batch_size, desc="caption test")
-        metrics: dict = {"images": len(test), "num_beams": cfg["num_beams"], "caption": evaluation.caption_scores(predicted, refs)}
+        metrics: dict = {"images": len(test), "num_beams": cfg["num_beams"], "caption": evaluation.caption_scores(predicted, refs, e.meteor)}
         table = pd.DataFrame({"id": test.rows["id"], "reference": refs, "prediction": predicted})
 
         is_world = all(world.try_parse(r) is not None for r in refs)
@@ -49,17 +50,19 @@ def main(params: config.Params) -> None:
 
         regenerated: dict[str, np.ndarray] = {}
         clf_dir = params.components.classifier
-        if is_world and clf_dir and Path(clf_dir).is_dir():
-            size = params.prepare.image_size
-            args = dict(size=size, steps=e.regen_steps, guidance_scale=e.guidance_scale, seed=params.seed, batch_size=e.batch_size)
+        use_classifier = bool(is_world and clf_dir and Path(clf_dir).is_dir())
+        if use_classifier or fid_net is not None:
+            args = dict(size=params.prepare.image_size, steps=e.regen_steps, guidance_scale=e.guidance_scale,
+                        seed=params.seed, batch_size=e.batch_size)
             regenerated = {
                 "regen_generated": evaluation.regenerate(params.components.t2i, predicted, desc="regenerate (generated)", **args),
                 "regen_reference": evaluation.regenerate(params.components.t2i, refs, desc="regenerate (reference)", **args),
             }
+        if use_classifier:
             metrics["regeneration"] = evaluation.regeneration_scores(AttributeClassifier.load(clf_dir), x, refs, regenerated)
-        elif params.evaluate.inception:
-            print("evaluate: a Fréchet distance in Inception space is not implemented yet; regeneration scores skipped")
-        else:
+        if fid_net is not None:  # the paper's headline: FID of regenerations from generated vs reference captions
+            metrics["fid"] = evaluation.inception_scores(fid_net, plots.to_uint8(x), regenerated)
+        if not regenerated:
             print("evaluate: no attribute classifier (components.classifier) and no evaluate.inception; regeneration scores skipped")
 
         PLOTS.mkdir(parents=True, exist_ok=True)
@@ -82,6 +85,9 @@ def main(params: config.Params) -> None:
             line += (f" | regenerations: accuracy {r['regen_generated_attribute_accuracy']:.1%} (references "
                      f"{r['regen_reference_attribute_accuracy']:.1%}), FD {r['regen_generated_frechet']:.2f} "
                      f"(references {r['regen_reference_frechet']:.2f})")
+        if "fid" in metrics:
+            f = metrics["fid"]
+            line += f" | FID {f['regen_generated_fid']:.2f} (references {f['regen_reference_fid']:.2f})"
         print(line)
 
 

@@ -16,6 +16,7 @@ from vlv.train import clear_checkpoints
 DATA = Path("data/prepared")
 OUT = Path("models/pretrained")
 CKPT = Path("checkpoints/pretrain")
+LATENTS = Path("cache/latents")  # the VAE's latents of the images split, read again by stage 1
 METRICS = Path("metrics/pretrain.json")
 PLOTS = Path("plots/pretrain")
 
@@ -30,7 +31,7 @@ def main(params: config.Params) -> None:
         if params.profile == "paper":
             metrics = {"verified": 1, **pretrain.verify_folders(params, OUT)}
         else:
-            metrics = pretrain.train_parts(params, DATA, OUT, CKPT, PLOTS)
+            metrics = pretrain.train_parts(params, DATA, OUT, CKPT, PLOTS, LATENTS)
         if not tracking.is_main():  # accelerate launch: the main process saved the parts; it checks and logs
             return
         tracking.record("pretrain", metrics, METRICS, sorted(PLOTS.glob("*")))

@@ -18,6 +18,7 @@ from vlv.train import clear_checkpoints, fingerprint, spec_from, train
 DATA = Path("data/prepared")
 OUT = Path("models/stage1")
 CKPT = Path("checkpoints/stage1")
+LATENTS = Path("cache/latents")  # the frozen VAE's latents of the images split (pretrain wrote them)
 METRICS = Path("metrics/stage1.json")
 PLOTS = Path("plots/stage1")
 
@@ -52,7 +53,7 @@ def main(params: config.Params) -> None:
     with tracking.stage_run("stage1", params):
         model = build(params)
         images = data.ShardDataset(DATA, "images")  # no captions: stage 1 sees images only
-        images = latents.WithLatents(images, *latents.encode(model.vae, images, desc="stage1: encode latents"))  # VAE is frozen
+        images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="stage1: encode latents"))
         if tracking.is_main():
             mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
                                "stage1.vision_source": model.encoder.vision_source})

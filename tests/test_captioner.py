@@ -162,16 +162,28 @@ def test_missing_model_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a captioner folder" in r.stderr
 
 
-def test_pyfunc_model_logs_registers_loads_and_predicts(folder, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def registered(folder, tmp_path_factory):
+    """The captioner logged as a pyfunc model and registered as test-captioner, in a fresh store."""
     import mlflow
 
     from vlv.serving import log_captioner
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = mlflow.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("t", artifact_location=str(store / "artifacts"))
     with mlflow.start_run(experiment_id=exp):
         log_captioner(folder, "test-captioner", ROOT / "src" / "vlv")
+    mlflow.set_tracking_uri(None)
+    return uri
+
+
+def test_pyfunc_model_logs_registers_loads_and_predicts(folder, registered, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered)
+    mlflow.set_tracking_uri(registered)
     png = tmp_path / "a.png"
     Image.fromarray(SCENES[0].render()).save(png)
     b64 = base64.b64encode(png.read_bytes()).decode()
@@ -182,3 +194,49 @@ def test_pyfunc_model_logs_registers_loads_and_predicts(folder, tmp_path, monkey
     assert out["caption"][2] is None or pd.isna(out["caption"][2])
     assert "row 2" in out["error"][2] and pd.isna(out["error"][0])
     mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow  # ~20 s: a server process that imports mlflow, torch and the model
+def test_mlflow_models_serve_answers_over_http(folder, registered, tmp_path):
+    """`mlflow models serve` (the README's command) on the registered model, asked over HTTP."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)  # the server execs `uvicorn` from PATH: the venv's, as when it is activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered, "PYTHONPATH": str(ROOT / "src"),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/test-captioner/latest", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"mlflow models serve exited {server.returncode}: {server.stderr.read()[-2000:]}")
+                if time.time() > deadline:
+                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
+                time.sleep(0.5)
+        png = tmp_path / "a.png"
+        Image.fromarray(SCENES[0].render()).save(png)
+        body = json.dumps({"dataframe_records": [{"image": base64.b64encode(png.read_bytes()).decode()},
+                                                 {"image": "not an image"}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            rows = json.loads(r.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    direct = Captioner.load(folder).generate(pixels(SCENES[:1]), 1, 24)[0]
+    assert rows[0]["caption"] == direct and pd.isna(rows[0]["error"])
+    assert pd.isna(rows[1]["caption"]) and "row 1" in rows[1]["error"]

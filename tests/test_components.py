@@ -147,6 +147,30 @@ def test_cached_latents_give_the_loss_that_encoding_each_step_gives(model):
         assert float(model(with_cache)) == pytest.approx(float(model(batch)), rel=1e-5)
 
 
+def test_latent_cache_is_read_back_only_for_the_same_vae_and_images(t2i_folder, clip_tok, tmp_path, monkeypatch, capsys):
+    from vlv import latents
+
+    vae = components.load_t2i(t2i_folder).vae
+    images = [{"pixel_values": torch.rand(3, 32, 32) * 2 - 1} for _ in range(5)]
+    mean, std = latents.encode_cached(vae, images, tmp_path)  # a miss: encodes and writes
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(latents, "encode", no_encoding)
+    again = components.load_t2i(t2i_folder).vae  # the saved folder: same weights, config with _name_or_path
+    m2, s2 = latents.encode_cached(again, images, tmp_path)
+    assert torch.equal(m2, mean) and torch.equal(s2, std)
+    assert "read from" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="encoded again"):  # other images: another name
+        latents.encode_cached(again, images[:4], tmp_path)
+    with torch.no_grad():
+        again.decoder.conv_out.bias.add_(1e-3)  # another VAE: another name
+    with pytest.raises(AssertionError, match="encoded again"):
+        latents.encode_cached(again, images, tmp_path)
+
+
 def test_encoder_save_load_and_reconstruct(model, t2i_folder, tmp_path):
     model.eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1

@@ -49,6 +49,7 @@ def test_defaults_equal_params_yaml():
         ({"stage2": {"trainable": "all"}}, "stage2.trainable", "'mlp', 'mlp+llm' or 'mlp+llm+encoder'"),
         ({"prepare": {"composite_background": [0, 0, 300]}}, "prepare.composite_background.2", "less than or equal to 255"),
         ({"nonsense": 1}, "nonsense", "allowed keys here: seed, profile"),
+        ({"pretrain": {"vae": {"optim": {"lr": 1e-3, "schedule": "linear", "min_lr_ratio": 0.2}}}}, "pretrain.vae.optim", "needs schedule cosine"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(raw, key, words):

@@ -40,6 +40,11 @@ def test_without_jvm_meteor_is_skipped_with_a_reason():
     assert out["bleu_4"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_meteor_can_be_switched_off_with_a_reason():
+    out = evaluation.caption_scores(REFS, REFS, meteor=False)
+    assert out["meteor"] is None and out["meteor_skipped"] == "evaluate.meteor is false"
+
+
 @pytest.mark.slow  # ~17 s of JVM start-up; the pipeline test runs the Java scorers through `evaluate` anyway
 @pytest.mark.skipif(JAVA is None, reason="METEOR needs Java")
 def test_with_java_meteor_is_reported():
@@ -90,3 +95,62 @@ def test_frechet_distance():
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa + sb - 2 * linalg.sqrtm(sa @ sb).real)
     assert classifier.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """A FID Inception weights file as the usual .pth converts: torchvision names, plus heads."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vlv import inception
+
+    torch.manual_seed(0)
+    net = inception.FIDInception()
+    for m in net.modules():  # He init keeps the signal alive through 94 layers (torch's default fades it to ~0)
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # ignored: not a feature
+    path = tmp_path_factory.mktemp("inception") / "fid_inception.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+def test_fid_inception_has_inception_v3s_size_and_loads_safetensors_by_torchvision_names(inception_file):
+    from vlv import inception
+
+    net = inception.load(inception_file)
+    assert sum(p.numel() for p in net.parameters()) == 21_785_568  # torchvision's inception_v3 less its two heads
+    images = np.stack([s.render() for s in world.sample_scenes(0, 2)])
+    feats = net.features(images)
+    assert feats.shape == (2, inception.FEATURES) and np.isfinite(feats).all()
+    assert not np.allclose(feats[0], feats[1])
+
+
+def test_fid_of_regenerations_is_zero_for_the_originals_and_grows_with_a_change(inception_file):
+    from vlv import inception
+
+    net = inception.load(inception_file)
+    originals = np.stack([s.render() for s in world.sample_scenes(1, 3)])
+    scores = evaluation.inception_scores(net, originals, {"same": originals, "inverted": 255 - originals})
+    assert abs(scores["same_fid"]) < 1e-3  # round-off of 2048-d square roots from 3 images
+    assert scores["inverted_fid"] > 10 and scores["feature_dim"] == 2048
+
+
+def test_bad_inception_files_are_one_line(tmp_path, inception_file):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vlv import inception
+    from vlv.errors import VLVError
+
+    pickled = tmp_path / "pt_inception.pth"
+    torch.save({"a": torch.zeros(1)}, pickled)
+    partial = tmp_path / "partial.safetensors"
+    save_file({k: v for k, v in load_file(str(inception_file)).items() if not k.startswith("Mixed_7c")}, str(partial))
+    for path, words in [(tmp_path / "none.safetensors", "is not a file"), (pickled, "not a safetensors file"),
+                        (partial, "missing")]:
+        with pytest.raises(VLVError) as info:
+            inception.load(path)
+        assert "\n" not in str(info.value) and words in str(info.value) and str(info.value).startswith("evaluate.inception:")

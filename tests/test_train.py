@@ -115,3 +115,21 @@ def test_bf16_precision_runs_the_loop_under_autocast_with_fp32_weights(tmp_path)
     assert all(torch.isfinite(torch.tensor(b.losses)))
     assert b.losses[0] == pytest.approx(a.losses[0], rel=2e-2)  # bf16 keeps ~3 significant digits
     assert b.final_loss == pytest.approx(a.final_loss, rel=0.1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25])
+def test_cosine_schedule_decays_to_min_lr_ratio_over_the_steps_run(ratio):
+    from vlv.config import Optim
+    from vlv.train import _schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = _schedule(opt, Optim(lr=2.0, warmup_steps=10, min_lr_ratio=ratio), steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[10] == pytest.approx(2.0)  # warmup done: the peak
+    assert lrs[55] == pytest.approx(2.0 * (ratio + (1 - ratio) * 0.5))  # cosine midpoint
+    assert min(lrs[10:]) >= 2.0 * ratio - 1e-9
+    assert sched.get_last_lr()[0] == pytest.approx(2.0 * ratio, abs=1e-9)  # the end: the floor

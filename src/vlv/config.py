@@ -94,8 +94,16 @@ class Optim(Section):
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     weight_decay: NonNegFloat = 0.01
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="cosine only: decay to this share of lr instead of to 0 (a flatter end)")
     warmup_steps: NonNegInt = 0
     grad_clip: PosFloat | None = 1.0
+
+    @model_validator(mode="after")
+    def _floor_needs_cosine(self) -> "Optim":
+        if self.min_lr_ratio and self.schedule != "cosine":
+            raise ValueError(f"min_lr_ratio {self.min_lr_ratio:g} needs schedule cosine (got {self.schedule!r}); set it to 0")
+        return self
 
 
 class Loop(Section):
@@ -113,7 +121,7 @@ class Loop(Section):
 
 class VAELoop(Loop):
     steps: PosInt = 400
-    optim: Optim = Optim(lr=3e-3, warmup_steps=20)
+    optim: Optim = Optim(lr=3e-3, warmup_steps=20, min_lr_ratio=0.25)
     kl_weight: NonNegFloat = 1e-6
 
 
@@ -207,7 +215,8 @@ class Evaluate(Section):
     regen_steps: PosInt = Field(20, description="DDIM steps of the regeneration (caption -> frozen T2I -> image)")
     guidance_scale: NonNegFloat = 4.0
     gallery: PosInt = Field(16, description="worst-captioned test images shown in the gallery PNG")
-    inception: str | None = Field(None, description="paper profile: local Inception weights for the Frechet distance; null = skip it")
+    inception: str | None = Field(None, description="local FID Inception weights (safetensors); null = no FID")
+    meteor: bool = Field(True, description="METEOR (a Java program: ~10 s to start); false = skip it")
 
 
 PriceKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]

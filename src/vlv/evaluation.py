@@ -30,9 +30,9 @@ def _simple_tokens(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-def caption_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict:
-    """BLEU-1..4, ROUGE-L, CIDEr (and METEOR with Java) of predictions vs references
-    (one or several references per image)."""
+def caption_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]], meteor: bool = True) -> dict:
+    """BLEU-1..4, ROUGE-L, CIDEr (and METEOR with Java, unless ``meteor`` is off) of predictions
+    vs references (one or several references per image)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -56,7 +56,10 @@ def caption_scores(predictions: Sequence[str], references: Sequence[str | Sequen
     out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     out["cider"] = float(Cider().compute_score(gts, res)[0])
     out["tokenizer"] = "ptb" if java else "simple (PTBTokenizer needs Java)"
-    if java:
+    if not meteor:
+        out["meteor"] = None
+        out["meteor_skipped"] = "evaluate.meteor is false"
+    elif java:
         from pycocoevalcap.meteor.meteor import Meteor
 
         try:
@@ -118,4 +121,18 @@ def regeneration_scores(classifier, originals: torch.Tensor, references: Sequenc
         out[f"{name}_frechet"] = frechet_distance(real_feats, feats)
     out["feature_dim"] = int(real_feats.shape[1])
     out["images"] = len(refs)
+    return out
+
+
+def inception_scores(net, originals: np.ndarray, regenerated: dict[str, np.ndarray]) -> dict:
+    """FID: the Fréchet distance of each set of regenerations to the originals (all N x S x S x 3
+    uint8) in the 2048-d pool features of the FID Inception network (vlv.inception)."""
+    from tqdm.auto import tqdm
+
+    from .classifier import frechet_distance
+
+    real = net.features(originals)
+    out = {"images": len(originals), "feature_dim": int(real.shape[1])}
+    for name, images in tqdm(regenerated.items(), desc="FID Inception", unit="set"):
+        out[f"{name}_fid"] = frechet_distance(real, net.features(images))
     return out

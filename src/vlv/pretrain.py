@@ -237,6 +237,25 @@ def colour_check(folder: str | Path, n: int, steps: int, guidance_scale: float, 
     return ColourCheck(float(np.mean(hits)), float(np.mean(bg_hits)), n, images, prompts, predicted)
 
 
+@torch.no_grad()
+def vae_check(vae, images: torch.Tensor, captions: Sequence[str]) -> dict:
+    """Val MSE of the VAE's reconstructions (posterior mean), and, for shapes-world captions, the
+    share of single-object images whose reconstruction keeps the object's colour dominant: the
+    teacher can only paint the colours its VAE decodes."""
+    was_training = vae.training
+    vae.eval()
+    recon = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+    vae.train(was_training)
+    report = {"vae_val_mse": float(((recon - images) ** 2).mean())}
+    scenes = [world.try_parse(c) for c in captions]
+    single = [i for i, sc in enumerate(scenes) if sc is not None and len(sc.objects) == 1]
+    if single:
+        u8 = ((recon + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+        kept = [dominant_colour(u8[i]) == scenes[i].objects[0].colour for i in single]
+        report |= {"vae_val_colour_kept": float(np.mean(kept)), "vae_val_colour_images": len(single)}
+    return report
+
+
 def lm_check(model, tokenizer, starts: Sequence[str] = ("a small red", "a large blue", "a small green circle at the")) -> dict:
     """Greedy continuations of caption starts; share that parse as shapes-world captions."""
     model.eval()
@@ -268,7 +287,8 @@ def verify_folders(params: Params, out: Path) -> dict:
     return sizes
 
 
-def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_dir: Path) -> dict:
+def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_dir: Path,
+                latent_cache: Path | None = None) -> dict:
     """Embedded profile: train, save and check the T2I decoder and the caption LM."""
     p, seed = params.pretrain, params.seed
     dataset = data.ShardDataset(data_root, "images", captions=True)
@@ -291,6 +311,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     if not len(val):
         raise VLVError("the val split is empty; pretrain scores its parts on it: raise prepare.splits.val")
     val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+    vae_report = vae_check(t2i.vae, val_x, val.rows["caption"].tolist())
     clip_report = {}
     if p.clip.steps:
         torch.manual_seed(seed)
@@ -301,7 +322,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
                        "clip_val_retrieval_chance": 1 / len(val), "clip_final_loss": runs["clip"].final_loss}
     teacher = TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
                                p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
-    cached = latents.WithLatents(dataset, *latents.encode(t2i.vae, dataset, desc="pretrain: encode latents"))
+    cached = latents.WithLatents(dataset, *latents.encode_cached(t2i.vae, dataset, latent_cache, desc="pretrain: encode latents"))
     teacher_run = runs["teacher"] = train(
         teacher, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
         fingerprint(card, p.vae, p.clip, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
@@ -363,6 +384,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         "vae_final_loss": vae_run.final_loss, "teacher_final_loss": teacher_run.final_loss, "lm_final_loss": lm_run.final_loss,
         "vae_scaling_factor": float(t2i.vae.config.scaling_factor),
         "seconds": {**{k: r.seconds for k, r in runs.items()}, "llm": lm_run.seconds},
+        **vae_report,
         **clip_report,
         **clf_report,
     }

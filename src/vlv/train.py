@@ -251,8 +251,12 @@ def _param_groups(model: torch.nn.Module, optim: Optim) -> list[dict]:
 def _schedule(optimizer, optim: Optim, steps: int):
     from transformers import get_scheduler
 
+    warmup = min(optim.warmup_steps, steps)
+    if optim.min_lr_ratio:  # cosine that ends at min_lr_ratio x lr (validated in config)
+        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup, num_training_steps=steps,
+                             scheduler_specific_kwargs={"min_lr_rate": optim.min_lr_ratio})
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[optim.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=min(optim.warmup_steps, steps), num_training_steps=steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
 def _to_device(batch: dict, device) -> dict:

@@ -1,0 +1,142 @@
+"""Write the README's tables of the committed default run from its metrics, so no number in
+them is typed by hand. Reads metrics/{prepare,pretrain,stage1,stage2,evaluate,cost}.json (the
+outputs of the last `dvc repro`) and replaces the block between `<!-- run:start -->` and
+`<!-- run:end -->` in README.md.
+
+    python scripts/run_report.py            # rewrite the block
+    python scripts/run_report.py --check    # exit 1 if the block is not what the metrics say (CI-able)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- run:start (scripts/run_report.py) -->", "<!-- run:end -->"
+FIELDS = [("background", 1 / 3), ("count", 1 / 2), ("size", 1 / 2), ("colour", 1 / 6), ("shape", 1 / 3), ("position", 1 / 9)]
+
+
+def load(stage: str) -> dict:
+    return json.loads((ROOT / "metrics" / f"{stage}.json").read_text())
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+
+
+def report() -> str:
+    m = {s: load(s) for s in ("prepare", "pretrain", "stage1", "stage2", "evaluate", "cost")}
+    pre, s1, s2, ev = m["pretrain"], m["stage1"], m["stage2"], m["evaluate"]
+    secs = {s: m[s]["cost"]["seconds"] for s in ("prepare", "pretrain", "stage1", "stage2", "evaluate")}
+    p = pre["seconds"]
+    lines = [
+        f"Stage times are each stage's `cost.seconds` (the whole stage process); they sum to "
+        f"**{minutes(sum(secs.values()))}** (`dvc repro`'s own overhead and `cost_report` come on top). "
+        f"Loop times are the `seconds` of the training loops.",
+        "",
+        "| stage | time | of which |",
+        "| --- | ---: | --- |",
+        f"| prepare | {secs['prepare']:.0f} s | {m['prepare'].get('accepted', '')} images rendered, checked and sharded |",
+        f"| pretrain | {secs['pretrain']:.0f} s | VAE {p['vae']:.0f} s, text encoder {p.get('clip', 0):.0f} s, teacher UNet "
+        f"{p['teacher']:.0f} s, LM {p['llm']:.0f} s, attribute classifier {pre.get('classifier_seconds', 0):.0f} s; the rest: "
+        "encoding the latents once and the checks |",
+        f"| stage1 | {secs['stage1']:.0f} s | {s1['steps']} steps in {s1['seconds']:.0f} s ({s1['samples_per_second']:.0f} samples/s); "
+        "the latents come from pretrain's cache; then the val metrics |",
+        f"| stage2 | {secs['stage2']:.0f} s | {s2['steps']} steps in {s2['seconds']:.0f} s ({s2['samples_per_second']:.0f} samples/s), "
+        "then captioning the val images |",
+        f"| evaluate | {secs['evaluate']:.0f} s | captioning {ev['images']} test images, then 2 x {ev['images']} regenerations |",
+        "",
+        "Pretrained parts (`metrics/pretrain.json`):",
+        "",
+        "| check | value | chance |",
+        "| --- | ---: | ---: |",
+        f"| VAE: val MSE | {pre['vae_val_mse']:.4f} | |",
+        f"| VAE: object colour kept in single-object val reconstructions ({pre['vae_val_colour_images']}) | "
+        f"{pct(pre['vae_val_colour_kept'])} | |",
+        f"| text encoder: own image ranked first among the val images | {pct(pre['clip_val_retrieval'])} | "
+        f"{pct(pre['clip_val_retrieval_chance'])} |",
+        f"| teacher: prompted colour dominant ({pre['teacher_colour_prompts']} single-object prompts) | "
+        f"**{pct(pre['teacher_colour_rate'])}** | {pct(pre['teacher_colour_chance'])} |",
+        f"| teacher: prompted background dominant | {pct(pre['teacher_background_rate'])} | {pct(pre['teacher_background_chance'])} |",
+        f"| caption LM: grammatical continuations | {pct(pre['lm_grammatical_rate'])} | |",
+        f"| attribute classifier: val accuracy | {pct(pre['classifier_val_accuracy'])} | |",
+        "",
+        f"Stage 1 (`metrics/stage1.json`): {s1['images']} val images x {s1['draws']} noise draws, the same noise and "
+        "timesteps for every conditioning:",
+        "",
+        "| conditioning | denoising loss |",
+        "| --- | ---: |",
+        f"| (a) the image's VLV embedding | {s1['loss_vlv']:.4f} |",
+        f"| (b) the empty caption | {s1['loss_uncond']:.4f} |",
+        f"| (c) the true caption | {s1['loss_caption']:.4f} |",
+        f"| (d) another image's VLV embedding | {s1['loss_shuffled']:.4f} |",
+        "",
+        f"(a) beats (b) by {s1['gain_vlv']:.4f} ± {s1['gain_vlv_se']:.4f} (z = {s1['gain_vlv_z']:.1f}); (c) beats (b) by "
+        f"{s1['gain_caption']:.4f} ± {s1['gain_caption_se']:.4f} (z = {s1['gain_caption_z']:.1f}); (d) is worse than (b) by "
+        f"{s1['shuffled_minus_uncond']:.3f} ± {s1['shuffled_minus_uncond_se']:.3f}. Distillation gap (b-a)/(b-c) = "
+        f"**{s1['distillation_gap']:.2f}**.",
+        "",
+    ]
+    a, c = ev["attributes"], ev["caption"]
+    val = s2["val"]
+    lines += [
+        f"Stage 2 and evaluate (`metrics/stage2.json` on {s2.get('pairs', '')} pairs; `metrics/evaluate.json` on "
+        f"{ev['images']} test images, {ev['num_beams']} beam): mean attribute accuracy **{pct(a['mean'])}** on test "
+        f"({pct(val['mean'])} on val), exact match {pct(a['exact'])}.",
+        "",
+        "| field | test | val | chance |",
+        "| --- | ---: | ---: | ---: |",
+        *[f"| {f} | {pct(a[f])} | {pct(val[f])} | {pct(ch)} |" for f, ch in FIELDS],
+        "",
+        f"Caption metrics: BLEU-4 {c['bleu_4']:.3f}, CIDEr {c['cider']:.2f}, ROUGE-L {c['rouge_l']:.3f}, METEOR "
+        + (f"{c['meteor']:.3f}" if c.get("meteor") is not None else f"skipped ({c.get('meteor_skipped')})") + ".",
+    ]
+    if "regeneration" in ev:
+        r = ev["regeneration"]
+        lines += [
+            "",
+            f"Regeneration through the frozen teacher, read by the attribute classifier (which reads the originals at "
+            f"{pct(r['classifier_accuracy_originals'])}):",
+            "",
+            "| regenerated from | attribute accuracy | Fréchet distance to the originals |",
+            "| --- | ---: | ---: |",
+            f"| generated captions | {pct(r['regen_generated_attribute_accuracy'])} | {r['regen_generated_frechet']:.2f} |",
+            f"| true captions | {pct(r['regen_reference_attribute_accuracy'])} | {r['regen_reference_frechet']:.2f} |",
+        ]
+    cost = m["cost"]
+    lines += ["", f"Cost (`reports/cost.md`): {cost['device_hours']:.3f} core-hours, ${cost['total_usd']:.3f} of the "
+                  f"${cost['budget_usd']:,.0f} budget."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README's block differs from the metrics")
+    args = ap.parse_args()
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        print(f"run_report: README.md has no {START} ... {END} block", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n\n{report()}\n\n{END}{tail}"
+    if args.check:
+        if new != text:
+            print("run_report: README.md's run tables differ from metrics/*.json; run scripts/run_report.py", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new)
+    print("run_report: README.md's run tables rewritten from metrics/*.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
