@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import components, config, data, latents, plots, tracking
-from vlv.autoencoder import VLVAutoencoder, VLVEncoder, conditioning_report
+from vlv import autoencoder, components, config, data, latents, plots, tracking
+from vlv.autoencoder import VLVAutoencoder, conditioning_report
 from vlv.cli import stage
 from vlv.train import clear_checkpoints, fingerprint, spec_from, train
 
@@ -21,16 +21,6 @@ CKPT = Path("checkpoints/stage1")
 LATENTS = Path("cache/latents")  # the frozen VAE's latents of the images split (pretrain wrote them)
 METRICS = Path("metrics/stage1.json")
 PLOTS = Path("plots/stage1")
-
-
-def build(params: config.Params) -> VLVAutoencoder:
-    c, s = params.components, params.stage1
-    t2i = components.load_t2i(c.t2i)
-    torch.manual_seed(params.seed)
-    vision = components.vision(c.vision, c.vision_card)
-    encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size))
-    encoder.set_trainable(s.trainable)
-    return VLVAutoencoder(encoder, t2i, seed=params.seed)
 
 
 def reconstruction_grid(model: VLVAutoencoder, val, params: config.Params) -> Path:
@@ -51,7 +41,7 @@ def main(params: config.Params) -> None:
     """Train the VLV encoder against the frozen diffusion decoder."""
     s = params.stage1
     with tracking.stage_run("stage1", params):
-        model = build(params)
+        model = autoencoder.build(params)
         images = data.ShardDataset(DATA, "images")  # no captions: stage 1 sees images only
         images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="stage1: encode latents"))
         if tracking.is_main():

@@ -11,9 +11,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import components, config, cost, data, plots, tracking, world
-from vlv.autoencoder import VLVEncoder
-from vlv.captioner import Captioner, caption_batches
+from vlv import captioner, components, config, cost, data, plots, tracking, world
+from vlv.captioner import caption_batches
 from vlv.cli import stage
 from vlv.errors import VLVError
 from vlv.serving import log_captioner
@@ -25,22 +24,6 @@ OUT = Path("models/captioner")
 CKPT = Path("checkpoints/stage2")
 METRICS = Path("metrics/stage2.json")
 PLOTS = Path("plots/stage2")
-
-
-def build(params: config.Params) -> Captioner:
-    c, s = params.components, params.stage2
-    text_encoder, clip_tokenizer = components.load_text_encoder(c.t2i)
-    llm = components.load_llm(c.llm)
-    torch.manual_seed(params.seed)
-    if s.init == "stage1":
-        encoder = VLVEncoder.load(STAGE1)
-    else:  # the no-stage-1 ablation: same architecture, random weights
-        encoder = VLVEncoder(components.vision(c.vision, c.vision_card), params.stage1.num_queries,
-                             int(text_encoder.config.hidden_size))
-        encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
-    model = Captioner(encoder, text_encoder, clip_tokenizer, llm.model, llm.tokenizer, s.max_caption_tokens)
-    model.set_trainable(s.trainable, params.stage1.trainable)
-    return model
 
 
 def pairs(params: config.Params) -> data.ShardDataset:
@@ -57,7 +40,7 @@ def main(params: config.Params) -> None:
     s = params.stage2
     with tracking.stage_run("stage2", params):
         train_set = pairs(params)  # fails before any compute when num_pairs is too large
-        model = build(params)
+        model = captioner.build(params, stage1_dir=STAGE1)
         if tracking.is_main():
             mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
                                "stage2.pairs_used": len(train_set)})

@@ -1,5 +1,6 @@
 """Typed params: every file validates; every bad value fails with one line naming the key."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,33 @@ def test_bad_values_fail_with_one_line_naming_the_key(raw, key, words):
     assert "\n" not in msg
     assert msg.startswith(f"p.yaml: {key}:")
     assert words in msg
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"stage1.num_querys": {"choices": [4]}}, "sweep: space: stage1.num_querys: no such param"),
+        ({"stage1": {"choices": [4]}}, "is a section, name one of its params"),
+        ({"stage1.optim.lr": {"low": 0, "high": 1e-3, "log": True}}, "a log range needs low > 0"),
+        ({"stage1.optim.lr": {"choices": [1e-3], "low": 1e-4, "high": 1e-3}}, "give either choices"),
+        ({"stage1.num_queries": {"choices": [0, 8]}}, "sweep.space.stage1.num_queries: 0 is not a valid value"),
+        ({"stage1.num_queries": {"choices": [8, 600]}}, "600 is not a valid value"),
+    ],
+)
+def test_a_bad_sweep_space_is_one_line(space, words):
+    with pytest.raises(ParamsError) as info:
+        config.check_sweep(config.validate({"sweep": {"space": space}}, source="p.yaml"), "p.yaml")
+    assert "\n" not in str(info.value) and words in str(info.value) and str(info.value).startswith("p.yaml: sweep")
+
+
+def test_vlv_sweep_with_a_bad_space_fails_before_any_trial(tmp_path):
+    bad = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bad["sweep"]["space"]["stage2.optim.lr"] = {"low": 1e-3, "high": 1e-4}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    r = subprocess.run([sys.executable, "-m", "vlv.cli", "sweep", "--study", "s", "--n-trials", "1"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sweep.space.stage2.optim.lr: a range needs low < high" in r.stderr
+    assert not (tmp_path / "mlruns").exists(), "nothing was created: no study, no run"
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

@@ -57,6 +57,8 @@ def shrink(params: dict) -> None:
                         "eval": {"images": 8, "noise_draws": 1, "recon_images": 2, "recon_steps": 2, "guidance_scale": 2.0}}
     params["stage2"] = {**params["stage2"], "steps": 6, **tiny, "val_images": 8, "max_new_tokens": 12}
     params["evaluate"] = {**params["evaluate"], "images": 10, "regen_steps": 2, "gallery": 4}
+    params["sweep"] = {**params["sweep"], "report_every": 2, "val_images": 8, "heartbeat_s": 2,
+                       "budget": {"stage1.steps": 4, "stage2.steps": 6, "stage2.max_new_tokens": 12}}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +138,74 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
     assert len(runs(d)) == 6
     assert "didn't change" in r.stdout or "is cached" in r.stdout or "up to date" in r.stdout
+
+
+def sweep_worker(d, env, study, n, *extra):
+    return subprocess.Popen([sys.executable, "-m", "vlv.cli", "sweep", "--study", study, "--n-trials", str(n), *extra],
+                            cwd=d, env={**env, "PYTHONPATH": "src"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_sweep_workers_share_one_study_and_log_one_parent_run(project):
+    """`vlv sweep` in two processes on one sqlite storage: 4 trials (2 each), none lost or
+    duplicated, within 2 minutes; one MLflow parent run, one costed child run per trial."""
+    import time
+
+    import optuna
+
+    d, env = project
+    t0 = time.time()
+    workers = [sweep_worker(d, env, "two", 2) for _ in range(2)]
+    outs = [w.communicate(timeout=300)[0] for w in workers]
+    elapsed = time.time() - t0
+    assert all(w.returncode == 0 for w in workers), "\n".join(o[-2000:] for o in outs)
+    assert elapsed < 120, f"a 4-trial shrunk sweep took {elapsed:.0f} s"
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{d / 'mlruns/optuna.db'}")
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4, "the workers sampled different values"
+    sweep_runs = [r for r in runs(d) if r["tags"].get("vlv.sweep_study") == "two"]
+    parents = [r for r in sweep_runs if r["tags"]["vlv.sweep_role"] == "parent"]
+    children = [r for r in sweep_runs if r["tags"]["vlv.sweep_role"] == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    assert {c["tags"]["mlflow.parentRunId"] for c in children} == {parents[0]["id"]}
+    assert sorted(c["tags"]["vlv.trial_number"] for c in children) == ["0", "1", "2", "3"]
+    for c in children:
+        assert c["metrics"]["cost/usd"] > 0 and c["tags"]["vlv.trial_state"] in ("complete", "pruned")
+        assert c["status"] == {"complete": "FINISHED", "pruned": "KILLED"}[c["tags"]["vlv.trial_state"]]
+    best = yaml.safe_load((d / "reports/sweep/two/best.yaml").read_text())
+    assert best["trials"]["complete"] + best["trials"]["pruned"] == 4
+    assert best["command"].startswith("dvc exp run -n sweep-two-best -S stage1.num_queries=")
+    assert (d / "reports/sweep/two/history.png").stat().st_size > 0
+    assert not list((d / "checkpoints/sweep/two").glob("*/*/step-*")), "finished trials leave no checkpoints"
+
+
+@pytest.mark.slow  # ~40 s: a worker killed mid-trial, then the heartbeat grace period
+def test_a_trial_of_a_killed_sweep_worker_is_marked_failed_and_retried(project):
+    import signal
+    import time
+
+    import optuna
+
+    d, env = project
+    worker = sweep_worker(d, env, "killed", 1)
+    ckpts = d / "checkpoints/sweep/killed"
+    deadline = time.time() + 180
+    while not list(ckpts.glob("*/stage2/step-*")):  # killed in stage 2, after a checkpoint
+        assert worker.poll() is None and time.time() < deadline, worker.stdout.read()[-3000:]
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    time.sleep(5)  # > the grace period (2 x sweep.heartbeat_s): the trial's heartbeat is stale
+    again = sweep_worker(d, env, "killed", 1)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out[-3000:]
+    trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{d / 'mlruns/optuna.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == 0
+    assert "stage2: resuming from" in out, "the retry resumes the dead worker's checkpoint"
+    child = [r for r in runs(d) if r["tags"].get("vlv.sweep_study") == "killed" and r["tags"].get("vlv.retry_of_trial")]
+    assert len(child) == 1 and child[0]["tags"]["vlv.retry_of_trial"] == "0"
 
 
 def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_loss(project):
@@ -218,6 +288,7 @@ def test_the_registered_captioner_serves_through_mlflow_pyfunc(project):
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed")
+@pytest.mark.slow  # ~30 s; the loop's 2-process run (test_train) and RANK=1 stage_run (test_tracking) stay in the fast suite
 def test_stage1_under_accelerate_launch_two_processes_logs_and_writes_once(project):
     """The stage script itself (not only the loop) under `accelerate launch --num_processes 2`
     on CPU: both processes train, only the main one saves, evaluates and opens an MLflow run."""

@@ -245,6 +245,20 @@ class VLVAutoencoder(nn.Module):
         return self.vae.decode(z / self.scaling).sample.clamp(-1, 1)
 
 
+def build(params) -> VLVAutoencoder:
+    """Stage 1's model from params (a ``config.Params``): the frozen T2I folder, Florence-2 from
+    its folder or card, ``stage1.num_queries`` queries, ``stage1.trainable`` trainable."""
+    from . import components
+
+    c, s = params.components, params.stage1
+    t2i = components.load_t2i(c.t2i)
+    torch.manual_seed(params.seed)
+    vision = components.vision(c.vision, c.vision_card)
+    encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size))
+    encoder.set_trainable(s.trainable)
+    return VLVAutoencoder(encoder, t2i, seed=params.seed)
+
+
 def load_autoencoder(encoder_dir: str | Path, t2i_dir: str | Path | None = None) -> VLVAutoencoder:
     """The trained stage-1 model in one call: the encoder folder + the T2I folder it names."""
     from .components import load_t2i

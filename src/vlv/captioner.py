@@ -151,6 +151,27 @@ class Captioner(nn.Module):
 
 
 @torch.no_grad()
+def build(params, encoder: VLVEncoder | None = None, stage1_dir: str | Path = "models/stage1") -> Captioner:
+    """Stage 2's model from params (a ``config.Params``): the VLV encoder (``encoder`` if given,
+    else the stage-1 folder, or random weights for ``stage2.init: random``), the frozen CLIP
+    text encoder of the T2I folder, the LLM folder; ``stage2.trainable`` trainable."""
+    from . import components
+
+    c, s = params.components, params.stage2
+    text_encoder, clip_tokenizer = components.load_text_encoder(c.t2i)
+    llm = components.load_llm(c.llm)
+    torch.manual_seed(params.seed)
+    if encoder is None and s.init == "stage1":
+        encoder = VLVEncoder.load(stage1_dir)
+    elif encoder is None:  # the no-stage-1 ablation: same architecture, random weights
+        encoder = VLVEncoder(components.vision(c.vision, c.vision_card), params.stage1.num_queries,
+                             int(text_encoder.config.hidden_size))
+        encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
+    model = Captioner(encoder, text_encoder, clip_tokenizer, llm.model, llm.tokenizer, s.max_caption_tokens)
+    model.set_trainable(s.trainable, params.stage1.trainable)
+    return model
+
+
 def caption_batches(model: Captioner, images: torch.Tensor, num_beams: int, max_new_tokens: int,
                     batch_size: int = 32, desc: str = "caption") -> list[str]:
     """Captions of a stack of images (B x 3 x S x S in [-1, 1]) with a progress bar."""

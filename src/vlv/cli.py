@@ -52,11 +52,20 @@ def stage(name: str, main_only: bool = False) -> Callable:
 # ----------------------------------------------------------------------------- commands
 def cmd_params(args: argparse.Namespace) -> None:
     params = config.load(args.params)
+    config.check_sweep(params, args.params)
     if args.show:
         for key, value in config.flatten(config.dump(params)).items():
             print(f"{key}: {value}")
     else:
         print(f"{args.params}: ok (profile {params.profile}, source {params.prepare.source})")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from . import sweep
+
+    params = config.load(args.params)
+    config.check_sweep(params, args.params)
+    sweep.run_sweep(params, args.study, args.n_trials, args.storage, args.objective)
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -144,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--show", action="store_true", help="print every param as a dotted key")
     p.set_defaults(fn=cmd_params)
+
+    p = sub.add_parser("sweep", help="Optuna sweep over sweep.space: each trial runs stage 1 + stage 2 on sweep.budget")
+    p.add_argument("--study", required=True, help="study name; workers on the same storage and name share it")
+    p.add_argument("--n-trials", type=int, required=True, help="trials this worker runs")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sweep.storage, else sqlite:///mlruns/optuna.db)")
+    p.add_argument("--objective", choices=["accuracy", "stage1_loss"], default=None, help="default: sweep.objective")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("ui", help="open the MLflow UI on this project's store, bound to 127.0.0.1")
     p.add_argument("--port", type=int, default=5000)

@@ -251,6 +251,66 @@ class Cost(Section):
     projection: Projection = Projection()
 
 
+class SearchDim(Section):
+    """One dimension of the sweep's search space: ``choices``, or a ``low``..``high`` range
+    (``log`` for log-uniform, ``integer`` for whole numbers)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchDim":
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is not None) == ranged:
+            raise ValueError("give either choices: [...] or low: and high:")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices is empty")
+        if ranged:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a range needs low < high (got low {self.low}, high {self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0 (got {self.low:g})")
+        return self
+
+
+def _default_space() -> dict[str, SearchDim]:
+    return {"stage1.num_queries": SearchDim(choices=[4, 8, 16, 32, 77]),
+            "stage1.optim.lr": SearchDim(low=1e-4, high=2e-3, log=True),
+            "stage2.optim.lr": SearchDim(low=1e-4, high=2e-3, log=True)}
+
+
+class Sweep(Section):
+    """`vlv sweep`: Optuna over any params, each trial stage 1 + stage 2 on a reduced budget."""
+
+    objective: Literal["accuracy", "stage1_loss"] = Field(
+        "accuracy", description="accuracy: stage-2 val attribute accuracy (maximised); stage1_loss: stage-1 val loss (minimised)")
+    storage: str | None = Field(None, description="Optuna storage URL (postgresql://... for many nodes); null = sqlite:///mlruns/optuna.db")
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    report_every: PosInt = Field(100, description="stage-2 steps between intermediate val accuracies (what the pruner sees)")
+    val_images: PosInt = Field(64, description="val images captioned for each intermediate and final value")
+    heartbeat_s: PosInt = Field(60, description="a worker silent this long has its trial marked failed (then retried)")
+    retries: NonNegInt = Field(2, description="times a failed trial is retried with the same params")
+    budget: dict[str, Any] = Field(default_factory=lambda: {"stage1.steps": 200, "stage2.steps": 400},
+                                   description="each trial's reduced budget: dotted param -> value")
+    space: dict[str, SearchDim] = Field(default_factory=_default_space, description="dotted param -> SearchDim")
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "Sweep":
+        for where, keys in (("space", self.space), ("budget", self.budget)):
+            for key in keys:
+                problem = _leaf_problem(key)
+                if problem:
+                    raise ValueError(f"{where}: {key}: {problem}")
+        both = set(self.space) & set(self.budget)
+        if both:
+            raise ValueError(f"{sorted(both)[0]} is in both space and budget; keep it in one")
+        return self
+
+
 class Params(Section):
     seed: NonNegInt = 0
     profile: Literal["embedded", "paper"] = "embedded"
@@ -262,6 +322,7 @@ class Params(Section):
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     cost: Cost = Cost()
+    sweep: Sweep = Field(default_factory=Sweep)  # built on use: its check reads the Params schema
 
 
 # ------------------------------------------------------------------------------ loading
@@ -317,6 +378,56 @@ def _fields_at(loc: list) -> list[str]:
             return []
         model = field.annotation
     return list(model.model_fields)
+
+
+def _leaf_problem(key: str) -> str | None:
+    """None when ``key`` (dotted) names one param of the schema; else why not."""
+    model: Any = Params
+    parts = key.split(".")
+    if parts[0] == "sweep":
+        return "the sweep's own params cannot be searched"
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            return f"no such param (allowed here: {', '.join(fields)})"
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i == len(parts) - 1:
+            return f"is a section, name one of its params ({', '.join(annotation.model_fields)})" if is_section else None
+        if not is_section:
+            return f"{'.'.join(parts[: i + 1])} is a single param, not a section"
+        model = annotation
+    return None
+
+
+def override(params: Params, values: dict[str, Any], source: str = "override") -> Params:
+    """``params`` with dotted ``values`` set, validated again (ParamsError, one line, names the key)."""
+    raw = params.model_dump(mode="json")
+    for key, value in values.items():
+        node = raw
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return validate(raw, source=source)
+
+
+def check_sweep(params: Params, source: str = "params.yaml") -> None:
+    """Every budget value and every end of the search space must make valid params: one line
+    (ParamsError) before any trial otherwise."""
+    s = params.sweep
+    try:
+        override(params, s.budget, source="")
+    except ParamsError as err:
+        raise ParamsError(f"{source}: sweep.budget: {str(err).removeprefix(': ')}") from None
+    for key, dim in s.space.items():
+        values = dim.choices if dim.choices is not None else [int(dim.low), int(dim.high)] if dim.integer else [dim.low, dim.high]
+        for value in values:
+            try:
+                override(params, {**s.budget, key: value}, source="")
+            except ParamsError as err:
+                raise ParamsError(f"{source}: sweep.space.{key}: {value!r} is not a valid value "
+                                  f"({str(err).removeprefix(': ')})") from None
 
 
 def dump(params: Params) -> dict:

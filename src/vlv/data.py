@@ -364,7 +364,6 @@ class ShardDataset:
         return np.asarray(mm[offset : offset + h * w * 3]).reshape(h, w, 3)
 
     def __getitem__(self, i: int) -> dict:
-        import torch
 
         out = {"pixel_values": to_tensor(self.pixels(i)), "id": self._id[i]}
         if self.captions:

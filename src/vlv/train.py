@@ -272,9 +272,16 @@ def train(
     collate: Callable | None = None,
     log: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> Result:
-    """Train ``model`` for ``spec.steps`` optimizer steps; resume from a matching checkpoint."""
+    """Train ``model`` for ``spec.steps`` optimizer steps; resume from a matching checkpoint.
+
+    ``on_step(done)`` runs after every step and its checkpoint (single process only): a sweep
+    scores the model there, and may raise to stop (Optuna's TrialPruned); the model is back
+    in training mode after it returns."""
     acc = accelerator()
+    if on_step is not None and acc.num_processes > 1:
+        raise VLVError(f"{spec.name}: on_step callbacks run in one process only (got {acc.num_processes})")
     ckpt_dir = Path(ckpt_dir)
     accum = accumulation(spec, acc.num_processes)
     groups = _param_groups(model, spec.optim)
@@ -382,6 +389,13 @@ def train(
                 _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
             bar.close()
             raise VLVError(f"{line}; stopped, checkpoint {ckpt_dir / f'step-{done:08d}'} kept: raise cost.budget_usd and re-run to resume")
+        if on_step is not None:
+            try:
+                on_step(done)
+            except BaseException:
+                bar.close()
+                raise
+            ddp_model.train()
     bar.close()
     final = meta(spec.steps)
     return Result(steps=spec.steps, losses=losses, seconds=final["seconds"],
