@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="Optuna sweep over sweep.space: each trial runs stage 1 + stage 2 on sweep.budget")
     p.add_argument("--study", required=True, help="study name; workers on the same storage and name share it")
-    p.add_argument("--n-trials", type=int, required=True, help="trials this worker runs")
+    p.add_argument("--n-trials", type=int, required=True, help="trials this worker runs (0: only write the study's outputs)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sweep.storage, else sqlite:///mlruns/optuna.db)")
     p.add_argument("--objective", choices=["accuracy", "stage1_loss"], default=None, help="default: sweep.objective")
     p.add_argument("--params", default="params.yaml")

@@ -11,8 +11,9 @@ val images, or ``stage1_loss``: stage 1's VLV-conditioned val loss, without stag
 Storage is an Optuna RDB: a sqlite file under mlruns/ by default, PostgreSQL for many nodes.
 Every worker started on the same storage and study name joins the same study. A worker that
 dies mid-trial stops its heartbeat; another worker then marks that trial failed and retries
-its params (RetryFailedTrialCallback). A trial's checkpoints are named by its values, so the
-retry resumes where the dead worker stopped.
+its params (RetryHeartbeatStaleTrialCallback: Optuna 5's name for RetryFailedTrialCallback).
+A trial's checkpoints are named by its values, so the retry resumes where the dead worker
+stopped.
 
 MLflow: one parent run per study (tags ``vlv.sweep_study``, ``vlv.sweep_role=parent``) and one
 child run per trial (tag ``mlflow.parentRunId``) with the trial's params, intermediate values,
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +74,16 @@ def _lock(url: str):
 def open_study(params: config.Params, study_name: str, url: str):
     """Create or join ``study_name`` on ``url`` with the sampler, pruner, heartbeat and retry of params."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     s = params.sweep
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
         with _lock(url):
-            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=s.heartbeat_s, grace_period=2 * s.heartbeat_s,
-                                 failed_trial_callback=RetryFailedTrialCallback(max_retry=s.retries))
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; they are what we need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=s.heartbeat_s, grace_period=2 * s.heartbeat_s,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=s.retries))
             # distinct streams per worker: two workers started together must not propose the same values
             sampler_seed = (params.seed * 1_000_003 + os.getpid()) % 2**31
             sampler = (optuna.samplers.RandomSampler(seed=sampler_seed) if s.sampler == "random"
@@ -139,13 +143,16 @@ def parent_run(experiment_id: str, study_name: str, params: config.Params, url: 
 
 
 def retry_of(trial) -> int | None:
-    """The number of the failed trial this one retries (RetryFailedTrialCallback), or None."""
-    from optuna.storages import RetryFailedTrialCallback
+    """The number of the failed trial this one retries (RetryHeartbeatStaleTrialCallback), or None."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     for frozen in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if frozen.number == trial.number:
-            return RetryFailedTrialCallback.retried_trial_number(frozen)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     return None
 
 
@@ -179,17 +186,18 @@ def val_accuracy(model, x, refs: list[str], p: config.Params) -> float:
 def train_trial(trial, p: config.Params, work: Path) -> float:
     """Stage 1 then (objective ``accuracy``) stage 2 on ``p``; the objective value."""
     import mlflow
-    import optuna
 
     from . import autoencoder, captioner, latents
     from .train import clear_checkpoints, fingerprint, spec_from, train
 
     s = p.sweep
     val, x, refs = _val(p, s.val_images)
+    data_hash = data.manifest_hash(DATA)
+    if s.objective == "accuracy" and p.stage2.init == "random":  # the no-stage-1 ablation: no stage 1 to run
+        return train_captioner(trial, p, captioner.build(p), work, data_hash, x, refs)
     model = autoencoder.build(p)
     images = data.ShardDataset(DATA, "images")
     images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="sweep: latents"))
-    data_hash = data.manifest_hash(DATA)
     train(model, images, spec_from(p.stage1, "stage1", p.seed), work / "stage1",
           fingerprint(p.components, p.stage1.model_dump(exclude={"eval"}), data_hash, p.seed),
           log=tracking.metric_logger("stage1"))
@@ -201,6 +209,19 @@ def train_trial(trial, p: config.Params, work: Path) -> float:
 
     cap = captioner.build(p, encoder=model.encoder)
     del model, images  # the frozen UNet and VAE are not needed in stage 2
+    value = train_captioner(trial, p, cap, work, data_hash, x, refs)
+    clear_checkpoints(work / "stage1")
+    return value
+
+
+def train_captioner(trial, p: config.Params, cap, work: Path, data_hash: str, x, refs: list[str]) -> float:
+    """Stage 2 of a trial, reporting val accuracy every ``sweep.report_every`` steps to the pruner."""
+    import mlflow
+    import optuna
+
+    from .train import clear_checkpoints, fingerprint, spec_from, train
+
+    s = p.sweep
     pairs = data.ShardDataset(DATA, "pairs", captions=True, limit=p.stage2.num_pairs)
 
     def report(done: int) -> None:
@@ -217,7 +238,6 @@ def train_trial(trial, p: config.Params, work: Path) -> float:
     train(cap, pairs, spec_from(p.stage2, "stage2", p.seed), work / "stage2", fp,
           log=tracking.metric_logger("stage2"), on_step=report)
     value = val_accuracy(cap, x, refs, p)
-    clear_checkpoints(work / "stage1")
     clear_checkpoints(work / "stage2")
     return value
 
@@ -329,8 +349,8 @@ def run_sweep(params: config.Params, study_name: str, n_trials: int, storage: st
     if objective_name:
         params = config.override(params, {"sweep.objective": objective_name}, source="--objective")
     config.check_sweep(params)  # a bad space or budget: one line before any trial
-    if n_trials < 1:
-        raise VLVError(f"--n-trials must be at least 1 (got {n_trials})")
+    if n_trials < 0:
+        raise VLVError(f"--n-trials must be 0 (only write the study's outputs) or more (got {n_trials})")
     if not (DATA / "manifest.parquet").is_file():
         raise VLVError(f"{DATA} has no prepared dataset; run `dvc repro pretrain` before a sweep")
     if params.sweep.objective == "accuracy":
@@ -340,14 +360,19 @@ def run_sweep(params: config.Params, study_name: str, n_trials: int, storage: st
                            "use --objective stage1_loss")
     url = storage_url(params, storage)
     study = open_study(params, study_name, url)
+    s = params.sweep
+    for key, value in {"objective": s.objective, "budget": dict(s.budget), "sampler": s.sampler, "pruner": s.pruner,
+                       "space": {k: d.model_dump(exclude_defaults=True) for k, d in s.space.items()}}.items():
+        study.set_user_attr(key, value)  # what the study was run with, for reports (scripts/sweep_report.py)
     exp_id = tracking.setup(params.tracking.experiment)
     parent = parent_run(exp_id, study_name, params, url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"sweep {study_name}: {n_trials} trial(s) on {_public(url)} ({params.sweep.objective}, "
           f"{params.sweep.sampler}, pruner {params.sweep.pruner}); MLflow parent run {parent}", flush=True)
     t0 = time.perf_counter()
-    study.optimize(objective(params, study_name, exp_id, parent), n_trials=n_trials, catch=(VLVError,),
-                   gc_after_trial=True)
+    if n_trials:
+        study.optimize(objective(params, study_name, exp_id, parent), n_trials=n_trials, catch=(VLVError,),
+                       gc_after_trial=True)
     summary = write_outputs(study, params, OUT_ROOT / study_name)
     client = mlflow.MlflowClient()
     for state, n in summary["trials"].items():
