@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- run:start (scripts/run_report.py) -->", "<!-- run:end -->"
@@ -120,23 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if README's block differs from the metrics")
     args = ap.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        print(f"run_report: README.md has no {START} ... {END} block", file=sys.stderr)
-        return 2
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n\n{report()}\n\n{END}{tail}"
-    if args.check:
-        if new != text:
-            print("run_report: README.md's run tables differ from metrics/*.json; run scripts/run_report.py", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new)
-    print("run_report: README.md's run tables rewritten from metrics/*.json")
-    return 0
-
+    return readme_block.write(START, END, report(), args.check, "run_report", "run tables (from metrics/*.json)")
 
 if __name__ == "__main__":
     raise SystemExit(main())

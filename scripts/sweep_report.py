@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
+
+import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- sweep:start (scripts/sweep_report.py) -->", "<!-- sweep:end -->"
@@ -96,20 +97,8 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=args.storage)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        print(f"sweep_report: README.md has no {START} ... {END} block", file=sys.stderr)
-        return 2
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n\n{report(study, ROOT / 'reports' / 'sweep' / args.study)}\n\n{END}{tail}"
-    if args.check:
-        return 0 if new == text else 1
-    readme.write_text(new)
-    print(f"sweep_report: README.md's sweep section rewritten from study {args.study!r}")
-    return 0
-
+    body = report(study, ROOT / "reports" / "sweep" / args.study)
+    return readme_block.write(START, END, body, args.check, "sweep_report", f"sweep section (study {args.study!r})")
 
 if __name__ == "__main__":
     raise SystemExit(main())
