@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COPY = ["dvc.yaml", "params.yaml", "pipelines", "src", "benchmarks/throughput.csv", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
 
 
-def sh(cmd, cwd, env):
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def sh(cmd, cwd, env, timeout=600):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 

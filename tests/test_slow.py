@@ -12,6 +12,7 @@ import pytest
 from test_pipeline import copy_project, sh
 
 pytestmark = pytest.mark.slow
+LIMIT = 3600  # default-budget stages: pretrain alone took ~600 s on a slow day of a 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def default_project(tmp_path_factory):
 
 def test_default_teacher_draws_the_prompted_colour_far_above_chance(default_project):
     d, env = default_project
-    sh([sys.executable, "-m", "dvc", "repro", "pretrain"], d, env)
+    sh([sys.executable, "-m", "dvc", "repro", "pretrain"], d, env, timeout=LIMIT)
     m = json.loads((d / "metrics/pretrain.json").read_text())
     assert m["teacher_colour_rate"] >= 3 * m["teacher_colour_chance"], m
     assert m["lm_grammatical_rate"] == 1.0, m["lm_samples"]
@@ -29,7 +30,7 @@ def test_default_teacher_draws_the_prompted_colour_far_above_chance(default_proj
 
 def test_default_stage1_embedding_is_image_specific(default_project):
     d, env = default_project
-    sh([sys.executable, "-m", "dvc", "repro", "stage1"], d, env)
+    sh([sys.executable, "-m", "dvc", "repro", "stage1"], d, env, timeout=LIMIT)
     m = json.loads((d / "metrics/stage1.json").read_text())
     assert m["gain_vlv_z"] > 3, m  # (a) beats (b) by several standard errors
     assert m["gain_caption_z"] > 3, m  # (c) beats (b) by several standard errors
