@@ -63,14 +63,6 @@ def _public(url: str) -> str:
     return url
 
 
-def _lock(url: str):
-    """Creating a fresh sqlite store is not safe from two processes at once: serialise it."""
-    if url.startswith("sqlite:///"):
-        db = Path(url.removeprefix("sqlite:///"))
-        return tracking._file_lock(db.with_name(".optuna.lock"))
-    return contextlib.nullcontext()
-
-
 def open_study(params: config.Params, study_name: str, url: str):
     """Create or join ``study_name`` on ``url`` with the sampler, pruner, heartbeat and retry of params."""
     import optuna
@@ -79,7 +71,7 @@ def open_study(params: config.Params, study_name: str, url: str):
     s = params.sweep
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
-        with _lock(url):
+        with tracking.store_lock(url):  # a fresh sqlite store is not safe to create from two processes at once
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; they are what we need
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=s.heartbeat_s, grace_period=2 * s.heartbeat_s,
@@ -122,10 +114,7 @@ def parent_run(experiment_id: str, study_name: str, params: config.Params, url: 
     import mlflow
 
     client = mlflow.MlflowClient()
-    uri, _ = tracking.store_paths()
-    lock = tracking._file_lock(Path(uri.removeprefix("sqlite:///")).with_name(".mlflow.lock")) \
-        if uri.startswith("sqlite:///") else contextlib.nullcontext()
-    with lock:
+    with tracking.store_lock(tracking.store_paths()[0]):
         found = client.search_runs([experiment_id], max_results=1, filter_string=(
             f"tags.`vlv.sweep_study` = '{study_name}' and tags.`vlv.sweep_role` = 'parent'"))
         if found:
@@ -183,15 +172,16 @@ def val_accuracy(model, x, refs: list[str], p: config.Params) -> float:
     return float(world.score(predicted, refs)["mean"])
 
 
-def train_trial(trial, p: config.Params, work: Path) -> float:
-    """Stage 1 then (objective ``accuracy``) stage 2 on ``p``; the objective value."""
+def train_trial(trial, p: config.Params, work: Path, val_set) -> float:
+    """Stage 1 then (objective ``accuracy``) stage 2 on ``p``; the objective value.
+    ``val_set``: (dataset, stacked pixels, captions) of the val images, read once per worker."""
     import mlflow
 
     from . import autoencoder, captioner, latents
     from .train import clear_checkpoints, fingerprint, spec_from, train
 
     s = p.sweep
-    val, x, refs = _val(p, s.val_images)
+    val, x, refs = val_set
     data_hash = data.manifest_hash(DATA)
     if s.objective == "accuracy" and p.stage2.init == "random":  # the no-stage-1 ablation: no stage 1 to run
         return train_captioner(trial, p, captioner.build(p), work, data_hash, x, refs)
@@ -242,7 +232,7 @@ def train_captioner(trial, p: config.Params, cap, work: Path, data_hash: str, x,
     return value
 
 
-def objective(params: config.Params, study_name: str, experiment_id: str, parent_id: str):
+def objective(params: config.Params, study_name: str, experiment_id: str, parent_id: str, val_set):
     """The Optuna objective: one trial as one child MLflow run, costed."""
     import mlflow
     import optuna
@@ -269,7 +259,7 @@ def objective(params: config.Params, study_name: str, experiment_id: str, parent
         cost.activate(meter)
         state, status = "failed", "FAILED"
         try:
-            value = train_trial(trial, p, work)
+            value = train_trial(trial, p, work, val_set)
             state, status = "complete", "FINISHED"
             mlflow.log_metric("sweep/value", value)
             print(f"sweep {study_name}: trial {trial.number} {values} -> {params.sweep.objective} {value:.4f}", flush=True)
@@ -353,8 +343,9 @@ def run_sweep(params: config.Params, study_name: str, n_trials: int, storage: st
         raise VLVError(f"--n-trials must be 0 (only write the study's outputs) or more (got {n_trials})")
     if not (DATA / "manifest.parquet").is_file():
         raise VLVError(f"{DATA} has no prepared dataset; run `dvc repro pretrain` before a sweep")
+    val_set = _val(params, params.sweep.val_images)  # read once: every trial scores on it
     if params.sweep.objective == "accuracy":
-        _, _, refs = _val(params, params.sweep.val_images)
+        refs = val_set[2]
         if not all(world.try_parse(r) is not None for r in refs):
             raise VLVError("sweep.objective accuracy scores shapes-world captions, and these val captions are not; "
                            "use --objective stage1_loss")
@@ -371,7 +362,7 @@ def run_sweep(params: config.Params, study_name: str, n_trials: int, storage: st
           f"{params.sweep.sampler}, pruner {params.sweep.pruner}); MLflow parent run {parent}", flush=True)
     t0 = time.perf_counter()
     if n_trials:
-        study.optimize(objective(params, study_name, exp_id, parent), n_trials=n_trials, catch=(VLVError,),
+        study.optimize(objective(params, study_name, exp_id, parent, val_set), n_trials=n_trials, catch=(VLVError,),
                        gc_after_trial=True)
     summary = write_outputs(study, params, OUT_ROOT / study_name)
     client = mlflow.MlflowClient()

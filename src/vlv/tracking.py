@@ -67,13 +67,8 @@ def setup(experiment: str) -> str:
 
     uri, artifacts = store_paths()
     mlflow.set_tracking_uri(uri)
-    lock_ctx = contextlib.nullcontext()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        lock_ctx = _file_lock(db.with_name(".mlflow.lock"))
     try:
-        with lock_ctx:
+        with store_lock(uri):
             client = mlflow.MlflowClient()
             exp = client.get_experiment_by_name(experiment)
             if exp is not None:
@@ -84,6 +79,16 @@ def setup(experiment: str) -> str:
         raise VLVError(f"MLflow store {uri}: {type(err).__name__}: {str(err).splitlines()[0]}; check MLFLOW_TRACKING_URI or mlruns/") from None
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def store_lock(uri: str):
+    """An exclusive lock beside a sqlite store (creating or changing it from several processes);
+    a no-op context for any other URI (a server serialises its own writes)."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return _file_lock(db.with_name(f".{db.stem}.lock"))
 
 
 @contextlib.contextmanager
