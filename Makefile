@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench ui clean
+.PHONY: install run test bench bench-gate ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q
+
+# pytest-benchmark timings of real work (tests/benchmarks, excluded from `make test`)
+bench: $(STAMP)
+	mkdir -p reports/bench
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/benchmarks -m benchmark -p no:cacheprovider \
+		--benchmark-columns=min,median,max,rounds --benchmark-json=reports/bench/last.json
+
+# this checkout's benchmarks against the parent commit's, same machine (threshold: benchmarks/gate.yaml)
+bench-gate: $(STAMP)
+	$(BIN)/python scripts/bench_gate.py
 
 ui: $(STAMP)
 	$(BIN)/vlv ui

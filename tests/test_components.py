@@ -266,3 +266,19 @@ def test_stage1_loss_under_bf16_autocast_matches_fp32(model):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     model.zero_grad()
+
+
+def test_batched_guidance_equals_two_unet_calls(model):
+    """77-token conditioning shares one UNet call with CLIP(""); the result is the two-call one."""
+    torch.manual_seed(0)
+    z = torch.randn(3, *model.latent_shape(32))
+    t = torch.tensor(500)
+    cond = model.clip.from_text(["a small red circle at the top left on a white background"] * 3)
+    uncond = model.clip.from_text([""] * 3)
+    with torch.no_grad():
+        batched = model.guided(z, t, uncond, cond, 2.0)
+        e_u = model.unet(z, t, encoder_hidden_states=uncond).sample
+        e_c = model.unet(z, t, encoder_hidden_states=cond).sample
+        short = model.guided(z, t, uncond, cond[:, :24], 2.0)  # a 24-token bottleneck: two calls
+    torch.testing.assert_close(batched, e_u + 2.0 * (e_c - e_u), rtol=1e-4, atol=1e-5)
+    assert short.shape == batched.shape and not torch.allclose(short, batched)

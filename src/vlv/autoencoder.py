@@ -238,11 +238,19 @@ class VLVAutoencoder(nn.Module):
         g = torch.Generator().manual_seed(seed)
         z = torch.randn((b, *self.latent_shape(image_size)), generator=g).to(cond.device, cond.dtype) * sched.init_noise_sigma
         for t in sched.timesteps:
-            zin = sched.scale_model_input(z, t)
-            e_u = self.unet(zin, t, encoder_hidden_states=uncond).sample
-            e_c = self.unet(zin, t, encoder_hidden_states=cond).sample
-            z = sched.step(e_u + guidance_scale * (e_c - e_u), t, z).prev_sample
+            z = sched.step(self.guided(sched.scale_model_input(z, t), t, uncond, cond, guidance_scale), t, z).prev_sample
         return self.vae.decode(z / self.scaling).sample.clamp(-1, 1)
+
+    def guided(self, z: torch.Tensor, t, uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """Classifier-free guidance ``e_u + g (e_c - e_u)``: one UNet call on both halves when they
+        have the same length (Nq = 77, or captions); a shorter bottleneck cannot share a batch
+        with CLIP("") padded to 77, so it takes two calls."""
+        if uncond.shape[1] == cond.shape[1]:
+            e_u, e_c = self.unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        else:
+            e_u = self.unet(z, t, encoder_hidden_states=uncond).sample
+            e_c = self.unet(z, t, encoder_hidden_states=cond).sample
+        return e_u + guidance_scale * (e_c - e_u)
 
 
 def build(params) -> VLVAutoencoder:

@@ -85,8 +85,11 @@ class Captioner(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         x = batch["pixel_values"]
+        return self.loss(x, *self.caption_ids(batch["caption"], x.device))
+
+    def loss(self, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Caption loss of images ``x`` against token ``ids`` (B x T, eos included) where ``mask`` is 1."""
         prefix = self.prefix(x)
-        ids, mask = self.caption_ids(batch["caption"], x.device)
         tokens = self.llm.get_input_embeddings()(ids)
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
         n_prefix = prefix.shape[1]

@@ -142,6 +142,19 @@ def cmd_caption(args: argparse.Namespace) -> None:
         print(result)
 
 
+def cmd_bench_arch(args: argparse.Namespace) -> None:
+    from . import throughput
+
+    ms = throughput.run(card=args.card, device=args.device, precision=args.precision, compile=args.compile,
+                        warmup=args.warmup, steps=args.steps, stages=tuple(args.stages),
+                        records=None if args.no_record else args.records, details=None if args.no_record else args.details,
+                        batch_scale=args.batch_scale)
+    for stage, r in sorted(throughput.ratios(ms).items()):
+        print(f"{stage}: ours / official = {r:.2f}x samples/s")
+    if args.device == "cuda" and not args.no_record:
+        print(f"appended {len(ms)} records to {args.records} and the details to {args.details}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="vlv",
@@ -192,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's setting")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(fn=cmd_caption)
+
+    p = sub.add_parser("bench-arch", help="time stage-1/2 training steps of a card set's architecture (random weights): "
+                                          "the official recipe's setting vs ours; samples/s, memory, MFU")
+    p.add_argument("--card", default="paper", help="paper (SD-2.1-base + Florence-2-large + Qwen2.5-3B) | embedded")
+    p.add_argument("--device", default="cuda", help="cuda | cpu (embedded card only) | meta (count FLOPs, no timing)")
+    p.add_argument("--precision", default="bf16", help="our setting's precision: bf16 | fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoder and the UNet / LLM in our setting")
+    p.add_argument("--stages", nargs="+", default=["stage1", "stage2"], choices=["stage1", "stage2"])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per stage and setting (the median is kept)")
+    p.add_argument("--batch-scale", type=float, default=1.0, help="scale the per-device batches (e.g. 0.5 if memory runs out)")
+    p.add_argument("--records", default="benchmarks/throughput.csv", help="throughput records for the cost projection")
+    p.add_argument("--details", default="benchmarks/bench_arch.jsonl", help="every number of the run, one JSON line")
+    p.add_argument("--no-record", action="store_true", help="print only")
+    p.set_defaults(fn=cmd_bench_arch)
     return ap
 
 
