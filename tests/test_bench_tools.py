@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_gate", ROOT / "scripts/bench_gate.py")
 gate = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gate)
-CFG = {"threshold": 0.25, "repeats": 2, "min_seconds": 0.05}
+CFG = {"threshold": 0.25, "repeats": 2, "min_seconds": 0.05, "confirm": 2}
 
 
 def test_gate_flags_only_real_regressions_above_the_threshold():
@@ -33,8 +33,8 @@ def test_gate_keeps_each_sides_lowest_median():
     assert gate.lowest([{"a": 1.0, "b": 2.0}, {"a": 0.8, "b": 2.5}]) == {"a": 0.8, "b": 2.0}
 
 
-@pytest.mark.parametrize("text", ["threshold: 0.25\nrepeats: 2\n", "threshold: x\nrepeats: 2\nmin_seconds: 0\n",
-                                  "threshold: 0\nrepeats: 2\nmin_seconds: 0\n"])
+@pytest.mark.parametrize("text", ["threshold: 0.25\nrepeats: 2\n", "threshold: x\nrepeats: 2\nmin_seconds: 0\nconfirm: 1\n",
+                                  "threshold: 0\nrepeats: 2\nmin_seconds: 0\nconfirm: 1\n"])
 def test_a_bad_gate_config_is_one_line(tmp_path, text):
     bad = tmp_path / "gate.yaml"
     bad.write_text(text)

@@ -2,8 +2,9 @@
 cards with random weights (timing does not depend on training), and a small prepared dataset.
 
 Every benchmark times real work of at least ~50 ms per round (DESIGN.md: micro-benchmarks fail a
-25% gate by noise alone), runs a fixed number of rounds after warm-up ones, and records a
-throughput in ``extra_info`` so the JSON says images/s, not just seconds.
+25% gate by noise alone) for a fixed number of rounds after warm-up ones, about 3 s in all: this
+shared machine has slow phases of a second or so, and a median over a few seconds rides them
+out. Each records a throughput in ``extra_info`` so the JSON says images/s, not just seconds.
 """
 
 from __future__ import annotations

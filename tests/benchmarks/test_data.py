@@ -16,7 +16,7 @@ def test_prepare_synthetic(benchmark, rate, tmp_path):
     """Render, validate, dedupe, shard and split 300 shapes-world images."""
     params = config.validate({"seed": 0, "prepare": {"num_images": PREPARE_IMAGES}})
     summary = benchmark.pedantic(data.prepare, args=(params, tmp_path / "out"), kwargs={"progress": False},
-                                 rounds=15, warmup_rounds=2)
+                                 rounds=30, warmup_rounds=2)
     assert summary.accepted == PREPARE_IMAGES
     rate("images_per_s", PREPARE_IMAGES)
 
@@ -31,6 +31,6 @@ def test_loader_images_per_s(benchmark, rate, prepared, stage1_model):
         loader = DataLoader(Stream(dataset, 0), batch_sampler=MicroBatches(spec, 0, 0, 1, 1), num_workers=0)
         return sum(len(b["pixel_values"]) for b in loader)
 
-    n = benchmark.pedantic(read_all, rounds=15, warmup_rounds=2)
+    n = benchmark.pedantic(read_all, rounds=40, warmup_rounds=2)
     assert n == LOADER_BATCHES * 32
     rate("images_per_s", n)

@@ -12,7 +12,7 @@ def test_caption_generation(benchmark, rate, captioner, images):
     """32 images -> captions; the random LM never says end-of-text, so every round makes 32 tokens."""
     captioner.eval()
     out = benchmark.pedantic(captioner.generate, args=(images,), kwargs={"num_beams": 1, "max_new_tokens": 32},
-                             rounds=12, warmup_rounds=2)
+                             rounds=20, warmup_rounds=2)
     assert len(out) == len(images)
     rate("images_per_s", len(images))
 
