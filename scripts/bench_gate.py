@@ -3,14 +3,16 @@
     python scripts/bench_gate.py [--base HEAD~1] [--config benchmarks/gate.yaml] [--out reports/bench]
 
 The base commit is checked out as a git worktree and benchmarked with this venv (its own
-``src`` first on PYTHONPATH); the two sides run alternately ``repeats`` times, and each side keeps
-its lowest median per benchmark (the least disturbed run of a shared machine). A benchmark whose
-median rose by more than ``threshold`` is re-run alone on both sides, alternating, ``confirm``
-times: this machine has slow phases that can land on one side, a real slowdown does not go away.
-It fails the gate only if it is over the threshold in every confirmation as well. The table is
-printed and written to ``OUT/gate.md`` with every run's pytest-benchmark JSON. When the base has no benchmarks yet (or
-there is no base commit), the gate is skipped with one line and this checkout's benchmarks run
-once, so they still have to pass.
+``src`` first on PYTHONPATH); the two sides run ``repeats`` times each in the order base, this,
+this, base, base, ... (a machine that slows down or speeds up over the job favours neither
+side), and each side keeps its lowest median per benchmark (the least disturbed run of a shared
+machine). A benchmark whose median rose by more than ``threshold`` is re-run alone on both
+sides, ``confirm`` times, in alternating order: this machine has slow phases that can land on
+one side, a real slowdown does not go away. It fails the gate only if it is over the threshold
+in every re-run as well. The table is printed and written to ``OUT/gate.md`` with every run's
+pytest-benchmark JSON. When the base has no benchmarks yet (or there is no base commit), the
+gate is skipped with one line and this checkout's benchmarks run once, so they still have to
+pass.
 """
 
 from __future__ import annotations
@@ -127,15 +129,19 @@ def main() -> None:
     tree = Path(tempfile.mkdtemp(prefix="vlv-bench-base-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), rev], cwd=ROOT, check=True)
     try:
-        base_runs, head_runs = [], []
-        for r in range(cfg["repeats"]):
-            try:
+        try:
+            base_runs = [run_benchmarks(tree, out / "base-0.json", label)]
+        except RuntimeError as e:
+            print(f"bench gate: skipped: {e}\nnothing to compare against; this checkout's benchmarks still run")
+            run_benchmarks(ROOT, out / "this-0.json", "this checkout")
+            return
+        head_runs = []
+        for r in range(cfg["repeats"]):  # base this | this base | base this ...: a machine that drifts favours no side
+            if r % 2 == 0 and r:
                 base_runs.append(run_benchmarks(tree, out / f"base-{r}.json", label))
-            except RuntimeError as e:
-                print(f"bench gate: skipped: {e}\nnothing to compare against; this checkout's benchmarks still run")
-                run_benchmarks(ROOT, out / "this-0.json", "this checkout")
-                return
             head_runs.append(run_benchmarks(ROOT, out / f"this-{r}.json", "this checkout"))
+            if r % 2 == 1:
+                base_runs.append(run_benchmarks(tree, out / f"base-{r}.json", label))
         base, head = lowest(base_runs), lowest(head_runs)
         rows, regressions = compare(base, head, cfg)
         confirmations: dict[str, list[float]] = {}
@@ -143,9 +149,10 @@ def main() -> None:
             changes = confirmations[name] = []
             while len(changes) < cfg["confirm"] and (not changes or changes[-1] > cfg["threshold"]):
                 c = len(changes)
-                b = run_benchmarks(tree, out / f"confirm-{name}-base-{c}.json", label, only=name)[name]
-                h = run_benchmarks(ROOT, out / f"confirm-{name}-this-{c}.json", "this checkout", only=name)[name]
-                changes.append(h / b - 1)
+                sides = [(tree, "base", label), (ROOT, "this", "this checkout")][:: 1 if c % 2 else -1]  # this first, then base first
+                t = {side: run_benchmarks(where, out / f"confirm-{name}-{side}-{c}.json", lab, only=name)[name]
+                     for where, side, lab in sides}
+                changes.append(t["this"] / t["base"] - 1)
     except RuntimeError as e:
         fail(str(e))
     finally:
