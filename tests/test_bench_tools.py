@@ -80,9 +80,15 @@ def test_bench_arch_records_feed_the_cost_projection(tmp_path):
     ms = [throughput.Measurement("stage1", "ours", "bf16", 64, [1.0], 64.0, 40.0, 1e14, 1.6, 0.4),
           throughput.Measurement("stage2", "ours", "bf16", 8, [1.0], 8.0, 60.0, 5e13, 6.4, 0.4)]
     records, details = tmp_path / "throughput.csv", tmp_path / "details.jsonl"
-    throughput.write(ms, "paper", throughput.CARD_SETS["paper"], "nvidia-h200", "NVIDIA H200", records, details)
+    throughput.write(ms, "paper", throughput.CARD_SETS["paper"], "h200", "NVIDIA H200", records, details)
     rows = cost.read_records(records)
     assert [(r.card, r.stage, r.precision, r.samples_per_s) for r in rows] == [("paper", "stage1", "bf16", 64.0), ("paper", "stage2", "bf16", 8.0)]
-    plan = cost.project(rows, {"stage1": (200_000, 512), "stage2": (100_000, 64)}, {"nvidia-h200": 3.5})
+    plan = cost.project(rows, {"stage1": (200_000, 512), "stage2": (100_000, 64)}, {"h200": 3.8})
     assert plan and plan[0]["device_hours"] == pytest.approx(200_000 * 512 / 64 / 3600 + 100_000 * 64 / 8 / 3600)
     assert '"ratios"' in details.read_text()
+
+
+def test_every_peak_is_keyed_by_a_device_kind_the_cost_meter_names():
+    kinds = {key for _, key in cost.GPU_RULES}
+    assert set(throughput.PEAK_TFLOPS) <= kinds
+    assert cost.gpu_price_key("NVIDIA H200") in throughput.PEAK_TFLOPS

@@ -135,7 +135,7 @@ class ClipLoop(Loop):
 
 
 class TeacherLoop(Loop):
-    steps: PosInt = 1500
+    steps: PosInt = 3000
     global_batch: PosInt = 16
     optim: Optim = Optim(lr=2e-3, warmup_steps=50)
     train_text_encoder: bool = Field(False, description="train the text encoder with the UNet (false: frozen, as in SD)")

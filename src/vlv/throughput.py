@@ -61,8 +61,9 @@ CARD_SETS = {
 }
 
 # Dense peak TFLOP/s per device from vendor datasheets: (bf16 tensor core, fp32 non-tensor).
-PEAK_TFLOPS = {
-    "nvidia-h200": (989.0, 67.0),
+PEAK_TFLOPS = {  # keys: cost.GPU_RULES' device kinds
+    "gh200": (989.0, 67.0),
+    "h200": (989.0, 67.0),
     "h100-sxm": (989.0, 67.0),
     "h100-nvl": (835.0, 60.0),
     "h100-pcie": (756.0, 51.0),
