@@ -104,7 +104,7 @@ def table(rows: list[list[str]], base_label: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", default="HEAD~1", help="the commit to compare against (default: the parent)")
+    ap.add_argument("--base", default=None, help="the commit to compare against (default: the parent, HEAD~1)")
     ap.add_argument("--config", default=str(ROOT / "benchmarks/gate.yaml"))
     ap.add_argument("--out", default=str(ROOT / "reports/bench"))
     a = ap.parse_args()
@@ -112,7 +112,10 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    asked, a.base = a.base is not None, a.base or "HEAD~1"
     rev = git("rev-parse", "--verify", "--quiet", f"{a.base}^{{commit}}")
+    if asked and not rev:  # a typo must not pass as "nothing to compare against"
+        fail(f"--base {a.base} is not a commit here; give a commit, branch or tag (git log --oneline)")
     has_bench = bool(rev) and bool(git("ls-tree", "-d", rev, BENCH_DIR))
     if not has_bench:
         why = f"no commit {a.base} here (a shallow clone or the first commit)" if not rev else \

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vlv import autoencoder, components, config, data, latents, tracking, vocab, world  # noqa: E402
+from vlv import autoencoder, components, config, data, latents, throughput, tracking, vocab, world  # noqa: E402
 from vlv.train import spec_from, train  # noqa: E402
 
 
@@ -44,16 +44,11 @@ def build(params: config.Params) -> autoencoder.VLVAutoencoder:
 
 
 def bare(model, batch: dict, steps: int) -> float:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-4)
+    step = throughput.make_step(model)  # the loop's step, nothing else
     model.train()
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss = model(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = step(batch)
     float(loss)
     return (time.perf_counter() - t0) / steps
 

@@ -44,6 +44,12 @@ def test_a_bad_gate_config_is_one_line(tmp_path, text):
     assert done.stderr.startswith("bench gate: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_a_base_that_is_not_a_commit_is_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/bench_gate.py"), "--base", "no-such-rev"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a commit" in done.stderr, done.stderr
+
+
 def test_the_shipped_gate_config_is_valid():
     assert gate.read_config(ROOT / "benchmarks/gate.yaml")["threshold"] == 0.25
 
@@ -62,6 +68,8 @@ def test_bench_arch_refuses_unknown_cards_and_the_paper_card_on_cpu():
         throughput.run(card="huge", device="cpu")
     with pytest.raises(VLVError, match="paper card on CPU"):
         throughput.run(card="paper", device="cpu")
+    with pytest.raises(VLVError, match="--steps >= 1"):
+        throughput.run(card="embedded", device="cpu", steps=0)
 
 
 def test_bench_arch_times_both_settings_of_both_stages_on_cpu():

@@ -179,13 +179,19 @@ def stage2_batch(model: Captioner, cs: CardSet, device: torch.device) -> dict:
     return {"x": x.to(device), "ids": ids.to(device), "mask": torch.ones_like(ids).to(device)}
 
 
-def make_step(model: torch.nn.Module, loss_fn: Callable[[dict], torch.Tensor], setting: Setting, device: torch.device):
+def make_step(model: torch.nn.Module, loss_fn: Callable[[dict], torch.Tensor] | None = None,
+              device: torch.device = torch.device("cpu"), bf16: bool = False) -> Callable[[dict], torch.Tensor]:
+    """``step(batch)``: one bare training step as the shared loop takes it (forward = loss,
+    backward, clip to 1.0, AdamW update), nothing logged; returns the detached loss. On the meta
+    device there is no update (FLOP counting only). Also used by tests/benchmarks and
+    scripts/bench_overhead.py, so the three time the same step."""
+    loss_fn = loss_fn or model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda") if device.type != "meta" else None
-    bf16 = setting.precision == "bf16" and device.type != "meta"  # meta only counts FLOPs: the count is the same
+    bf16 = bf16 and device.type != "meta"  # meta only counts FLOPs: the count is the same
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    def step(batch: dict) -> None:
+    def step(batch: dict) -> torch.Tensor:
         with autocast:
             loss = loss_fn(batch)
         loss.float().backward()
@@ -196,6 +202,7 @@ def make_step(model: torch.nn.Module, loss_fn: Callable[[dict], torch.Tensor], s
         else:
             for p in trainable:
                 p.grad = None
+        return loss.detach()
 
     return step
 
@@ -233,7 +240,7 @@ def measure(stage: str, cs: CardSet, setting: Setting, device: torch.device, war
     else:
         batch, n = stage2_batch(model, cs, device), cs.stage2_batch
         loss_fn = lambda b: model.loss(b["x"], b["ids"], b["mask"])  # noqa: E731
-    step = make_step(model, loss_fn, setting, device)
+    step = make_step(model, loss_fn, device, bf16=setting.precision == "bf16")
     m = Measurement(stage, setting.name, setting.label, n)
     m.flops_per_step = count_flops(step, batch)  # before compiling: the counter sees eager ops
     m.tflops_per_sample = m.flops_per_step / n / 1e12
@@ -287,6 +294,8 @@ def run(card: str = "paper", device: str = "cuda", precision: str = "bf16", comp
         raise VLVError(f"bench-arch: --card {card!r}; choose one of {sorted(CARD_SETS)}")
     if precision not in ("bf16", "fp32"):
         raise VLVError(f"bench-arch: --precision {precision!r}; choose bf16 or fp32")
+    if steps < 1 or warmup < 0 or batch_scale <= 0:
+        raise VLVError(f"bench-arch: need --steps >= 1, --warmup >= 0, --batch-scale > 0 (got {steps}, {warmup}, {batch_scale})")
     dev = check_device(device, card)
     cs = CARD_SETS[card]
     if batch_scale != 1.0:

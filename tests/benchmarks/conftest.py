@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlv import autoencoder, cards, components, config, data, latents, vocab, world
+from vlv import autoencoder, cards, components, config, data, latents, throughput, vocab, world
 from vlv.captioner import Captioner
 
 BATCH = 32            # the embedded default global batch of stage 1 and stage 2
@@ -88,24 +88,9 @@ def captioner(t2i, captions) -> Captioner:
 
 @pytest.fixture
 def train_step():
-    """``train_step(model)`` -> a function of a batch that takes one step as the shared loop does:
-    forward (= loss), backward, clip, AdamW update."""
-
-    def make(model: torch.nn.Module):
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-
-        def step(batch: dict) -> float:
-            loss = model(batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return float(loss.detach())
-
-        return step
-
-    return make
+    """``train_step(model)`` -> ``step(batch)``: one step as the shared loop takes it (forward =
+    loss, backward, clip, AdamW update), the one bench-arch and bench_overhead.py time too."""
+    return lambda model: throughput.make_step(model)
 
 
 @pytest.fixture
