@@ -90,3 +90,24 @@ def test_unknown_card_or_part_is_a_one_line_vlv_error(card, part, words):
         cards.build(card, part)
     msg = str(err.value)
     assert words in msg and "\n" not in msg
+
+
+def test_a_card_init_redraws_only_the_parameters_it_names():
+    torch.manual_seed(0)
+    florence = cards.build("florence2-tiny", "model")
+    named = dict(florence.named_parameters())
+    # named by the card's init: redrawn at the card's std
+    assert 0.2 < float(named["model.multi_modal_projector.image_position_embed.row_embeddings.weight"].std()) < 0.4
+    assert 0.8 < float(named["model.language_model.encoder.embed_positions.weight"].std()) < 1.2
+    # everything else keeps the library's init, at the card's init_std (0.1)
+    assert 0.08 < float(named["model.language_model.decoder.embed_positions.weight"].std()) < 0.12
+    assert 0.08 < float(named["model.language_model.decoder.layers.0.encoder_attn.q_proj.weight"].std()) < 0.12
+
+
+def test_an_init_pattern_that_matches_nothing_is_a_one_line_vlv_error():
+    card = cards.load_card("florence2-tiny")
+    card["parts"]["model"]["init"] = {"model.no_such_module.*": 1.0}
+    with pytest.raises(VLVError) as err:
+        cards.build(card, "model")
+    msg = str(err.value)
+    assert "model.no_such_module.*" in msg and "matches no parameter" in msg and "\n" not in msg
