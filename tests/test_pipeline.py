@@ -66,6 +66,16 @@ def project(tmp_path_factory):
     return copy_project(tmp_path_factory.mktemp("project"), shrink)
 
 
+@pytest.fixture
+def reproduced(project):
+    """The project after one `dvc repro` (the first, unmarked test runs it; run here when the
+    slow tests are selected alone with `-m slow`)."""
+    d, env = project
+    if not (d / "metrics/evaluate.json").is_file():
+        sh([sys.executable, "-m", "dvc", "repro"], d, env)
+    return project
+
+
 def runs(project_dir):
     db = project_dir / "mlruns" / "mlflow.db"
     with sqlite3.connect(db) as con:
@@ -181,13 +191,13 @@ def test_two_sweep_workers_share_one_study_and_log_one_parent_run(project):
 
 
 @pytest.mark.slow  # ~40 s: a worker killed mid-trial, then the heartbeat grace period
-def test_a_trial_of_a_killed_sweep_worker_is_marked_failed_and_retried(project):
+def test_a_trial_of_a_killed_sweep_worker_is_marked_failed_and_retried(reproduced):
     import signal
     import time
 
     import optuna
 
-    d, env = project
+    d, env = reproduced
     worker = sweep_worker(d, env, "killed", 1)
     ckpts = d / "checkpoints/sweep/killed"
     deadline = time.time() + 180
@@ -206,6 +216,32 @@ def test_a_trial_of_a_killed_sweep_worker_is_marked_failed_and_retried(project):
     assert "stage2: resuming from" in out, "the retry resumes the dead worker's checkpoint"
     child = [r for r in runs(d) if r["tags"].get("vlv.sweep_study") == "killed" and r["tags"].get("vlv.retry_of_trial")]
     assert len(child) == 1 and child[0]["tags"]["vlv.retry_of_trial"] == "0"
+
+
+@pytest.mark.slow  # ~30 s: one shrunk trial
+def test_a_sweep_trial_with_stage2_init_random_runs_no_stage1(reproduced):
+    """`stage2.init: random` in a sweep (the no-stage-1 ablation as a trial): the trial trains
+    stage 2 from a random encoder and never runs stage 1."""
+    import optuna
+
+    d, env = reproduced
+    original = (d / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["stage2"]["init"] = "random"
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        worker = sweep_worker(d, env, "random-init", 1)
+        out = worker.communicate(timeout=300)[0]
+    finally:
+        (d / "params.yaml").write_text(original)
+    assert worker.returncode == 0, out[-3000:]
+    trials = optuna.load_study(study_name="random-init", storage=f"sqlite:///{d / 'mlruns/optuna.db'}").get_trials()
+    assert len(trials) == 1 and trials[0].state.name in ("COMPLETE", "PRUNED"), out[-3000:]
+    child = [r for r in runs(d) if r["tags"].get("vlv.sweep_study") == "random-init" and r["tags"]["vlv.sweep_role"] == "trial"]
+    assert len(child) == 1
+    keys = set(child[0]["metrics"])
+    assert any(k.startswith("stage2/") for k in keys), sorted(keys)
+    assert not any(k.startswith("stage1/") for k in keys), "no stage 1 in a stage2.init random trial"
 
 
 def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_loss(project):
@@ -289,10 +325,10 @@ def test_the_registered_captioner_serves_through_mlflow_pyfunc(project):
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed")
 @pytest.mark.slow  # ~30 s; the loop's 2-process run (test_train) and RANK=1 stage_run (test_tracking) stay in the fast suite
-def test_stage1_under_accelerate_launch_two_processes_logs_and_writes_once(project):
+def test_stage1_under_accelerate_launch_two_processes_logs_and_writes_once(reproduced):
     """The stage script itself (not only the loop) under `accelerate launch --num_processes 2`
     on CPU: both processes train, only the main one saves, evaluates and opens an MLflow run."""
-    d, env = project
+    d, env = reproduced
     before = runs(d)
     metrics = d / "metrics/stage1.json"
     old = json.loads(metrics.read_text())
