@@ -90,7 +90,7 @@ def captioner(t2i, captions) -> Captioner:
 def train_step():
     """``train_step(model)`` -> ``step(batch)``: one step as the shared loop takes it (forward =
     loss, backward, clip, AdamW update), the one bench-arch and bench_overhead.py time too."""
-    return lambda model: throughput.make_step(model)
+    return throughput.make_step
 
 
 @pytest.fixture

@@ -68,8 +68,7 @@ def build(card: dict[str, Any] | str, part: str, **overrides: Any):
         import diffusers
 
         cls = getattr(diffusers, cls_name)
-        model = cls.from_config(cfg)
-        return _redraw(model, spec.get("init") or {}, card["name"], part) if isinstance(model, torch.nn.Module) else model
+        return _redraw(cls.from_config(cfg), spec.get("init") or {}, card["name"], part)
     if cls_name in TRANSFORMERS_CLASSES:
         import transformers
 
@@ -78,8 +77,12 @@ def build(card: dict[str, Any] | str, part: str, **overrides: Any):
     raise VLVError(f"architecture card {card['name']!r}: class {cls_name!r} is not one of {sorted(DIFFUSERS_CLASSES | set(TRANSFORMERS_CLASSES))}")
 
 
-def _redraw(model: torch.nn.Module, init: dict[str, float], card: str, part: str) -> torch.nn.Module:
+def _redraw(model, init: dict[str, float], card: str, part: str):
     """Redraw the parameters whose names match each glob of the card's ``init`` from N(0, std)."""
+    if not init:
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise VLVError(f"architecture card {card!r}, part {part!r}: init needs a model with weights, not a {type(model).__name__}")
     params = dict(model.named_parameters())
     for pattern, std in init.items():
         hits = [name for name in params if fnmatch.fnmatchcase(name, pattern)]
