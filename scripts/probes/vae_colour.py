@@ -3,6 +3,7 @@
 object colour dominant. Run from the repo root after `dvc repro prepare`:
     .venv/bin/python scripts/probes/vae_colour.py --lr 3e-3 --steps 600
     .venv/bin/python scripts/probes/vae_colour.py --lr 3e-3 --steps 400 --floor 0.25
+    .venv/bin/python scripts/probes/vae_colour.py --lr 3e-3 --steps 400 --floor 0.25 --ch 16,32 --channels-last
 """
 import sys, time, argparse; sys.path.insert(0,'src')
 import torch, numpy as np
@@ -10,11 +11,13 @@ from vlv import cards, data, pretrain, world
 ap=argparse.ArgumentParser(); ap.add_argument('--lr',type=float,default=3e-3); ap.add_argument('--steps',type=int,default=600)
 ap.add_argument('--batch',type=int,default=32); ap.add_argument('--loss',default='mse'); ap.add_argument('--ch',default='32,64')
 ap.add_argument('--lpb',type=int,default=1); ap.add_argument('--lat',type=int,default=4)
+ap.add_argument('--channels-last',action='store_true')  # conv weights NHWC (oneDNN's fast layout)
 ap.add_argument('--floor',type=float,default=0.0)  # cosine decays to floor x lr (pretrain.vae.optim.min_lr_ratio)
 a=ap.parse_args()
 torch.manual_seed(0)
 card=cards.load_card('t2i-tiny'); cfg=card['parts']['vae']['config']; cfg['block_out_channels']=[int(c) for c in a.ch.split(',')]; cfg['layers_per_block']=a.lpb; cfg['latent_channels']=a.lat
 vae=cards.build(card,'vae')
+if a.channels_last: vae=vae.to(memory_format=torch.channels_last)
 ds=data.ShardDataset('data/prepared','images',captions=False)
 N=len(ds)
 val=data.ShardDataset('data/prepared','val',captions=True)

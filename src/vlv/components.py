@@ -123,8 +123,13 @@ def build_t2i(card: str | dict, tokenizer=None) -> T2IParts:
 
 
 def save_t2i(parts: T2IParts, folder: str | Path) -> Path:
-    """Write parts as a standard diffusers folder (StableDiffusionPipeline layout)."""
+    """Write parts as a standard diffusers folder (StableDiffusionPipeline layout). Conv weights
+    trained in channels-last layout go back to the default one first: safetensors stores only
+    contiguous tensors."""
     from diffusers import StableDiffusionPipeline
+
+    for module in (parts.vae, parts.unet):
+        module.to(memory_format=torch.contiguous_format)
 
     pipe = StableDiffusionPipeline(
         vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,

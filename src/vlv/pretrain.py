@@ -302,6 +302,11 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
 
     torch.manual_seed(seed)
     t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
+    # Conv weights in channels-last (NHWC) layout while the VAE and the UNet train and encode:
+    # oneDNN's fast layout on CPU (a VAE step 1.3x, a UNet step ~1.1x faster on 2 cores; README,
+    # "Pipeline time"). save_t2i writes them back in the default layout.
+    t2i.vae.to(memory_format=torch.channels_last)
+    t2i.unet.to(memory_format=torch.channels_last)
     vae_run = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), dataset, spec_from(p.vae, "pretrain.vae", seed),
                     ckpt / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
     sample = torch.stack([dataset[i]["pixel_values"] for i in range(min(1024, len(dataset)))])
