@@ -303,7 +303,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     torch.manual_seed(seed)
     t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
     # Conv weights in channels-last (NHWC) layout while the VAE and the UNet train and encode:
-    # oneDNN's fast layout on CPU (a VAE step 1.3x, a UNet step ~1.1x faster on 2 cores; README,
+    # oneDNN's fast layout on CPU (VAE and UNet steps 1.0-1.3x faster on 2 cores, drifting; README,
     # "Pipeline time"). save_t2i writes them back in the default layout.
     t2i.vae.to(memory_format=torch.channels_last)
     t2i.unet.to(memory_format=torch.channels_last)
