@@ -129,14 +129,14 @@ class ClipLoop(Loop):
     """CLIP-style contrastive pretraining of the teacher's text encoder against a tiny ViT
     (SD's text encoder is a frozen, contrastively pretrained CLIP); steps 0 = skip it."""
 
-    steps: NonNegInt = 500
+    steps: NonNegInt = 200
     global_batch: PosInt = 64
     optim: Optim = Optim(lr=1e-3, warmup_steps=30)
 
 
 class TeacherLoop(Loop):
-    steps: PosInt = 3000
-    global_batch: PosInt = 16
+    steps: PosInt = 500
+    global_batch: PosInt = 32
     optim: Optim = Optim(lr=2e-3, warmup_steps=50)
     train_text_encoder: bool = Field(False, description="train the text encoder with the UNet (false: frozen, as in SD)")
     caption_dropout: Fraction = 0.1
@@ -180,14 +180,14 @@ EncoderPart = Literal["queries", "projection", "language_model", "image_projecto
 
 class Stage1Eval(Section):
     images: PosInt = Field(256, description="val images for the conditioning comparison")
-    noise_draws: PosInt = Field(4, description="noise/timestep draws per image (shared by every condition)")
+    noise_draws: PosInt = Field(2, description="noise/timestep draws per image (shared by every condition)")
     recon_images: PosInt = 8
     recon_steps: PosInt = 25
     guidance_scale: NonNegFloat = 2.0
 
 
 class Stage1(Loop):
-    steps: PosInt = 800
+    steps: PosInt = 250
     optim: Optim = Optim(lr=5e-4, warmup_steps=50)
     num_queries: Annotated[int, Field(gt=0, le=512)] = 24
     trainable: list[EncoderPart] = Field(
@@ -198,7 +198,7 @@ class Stage1(Loop):
 
 
 class Stage2(Loop):
-    steps: PosInt = 1200
+    steps: PosInt = 900
     optim: Optim = Optim(lr=3e-4, schedule="linear", warmup_steps=50)
     trainable: Literal["mlp", "mlp+llm", "mlp+llm+encoder"] = "mlp+llm+encoder"
     max_caption_tokens: PosInt = 32
@@ -212,7 +212,7 @@ class Stage2(Loop):
 class Evaluate(Section):
     images: PosInt | None = Field(None, description="test images to evaluate; null = the whole test split")
     batch_size: PosInt = 32
-    regen_steps: PosInt = Field(20, description="DDIM steps of the regeneration (caption -> frozen T2I -> image)")
+    regen_steps: PosInt = Field(10, description="DDIM steps of the regeneration (caption -> frozen T2I -> image)")
     guidance_scale: NonNegFloat = 4.0
     gallery: PosInt = Field(16, description="worst-captioned test images shown in the gallery PNG")
     inception: str | None = Field(None, description="local FID Inception weights (safetensors); null = no FID")
