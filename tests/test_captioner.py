@@ -69,6 +69,20 @@ def test_trainable_sets_and_the_frozen_clip():
         model.set_trainable("all", [])
 
 
+def test_each_trainable_part_gets_its_own_learning_rate():
+    model = make_captioner()
+    model.set_trainable("mlp+llm", [])
+    model.lr_scale = {"encoder": 5.0, "mlp": 2.0, "llm": 0.5}
+    groups = {g["name"]: g for g in model.param_groups(1e-3)}
+    assert set(groups) == {"mlp", "llm"}, "a frozen part has no group"
+    assert groups["mlp"]["lr"] == pytest.approx(2e-3) and groups["llm"]["lr"] == pytest.approx(5e-4)
+    model.set_trainable("mlp+llm+encoder", ["queries", "projection"])
+    groups = {g["name"]: g for g in model.param_groups(1e-3)}
+    assert groups["encoder"]["lr"] == pytest.approx(5e-3)
+    n = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad), "every trainable weight is in one group"
+
+
 def test_labels_cover_the_caption_and_its_end_but_not_the_prefix_or_padding():
     model = make_captioner()
     ids, mask = model.caption_ids(["a small red circle at the top on a black background", "a"], "cpu")

@@ -92,8 +92,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_groups_without_an_lr_take_the_configured_one(tmp_path):
     class Grouped(loop_toy.Regressor):
-        def param_groups(self):
-            return [{"params": list(self.net[0].parameters())}, {"params": list(self.net[3].parameters()), "lr": 0.5}]
+        def param_groups(self, lr):
+            return [{"params": list(self.net[0].parameters())}, {"params": list(self.net[3].parameters()), "lr": 50 * lr}]
 
     from vlv.config import Optim
 

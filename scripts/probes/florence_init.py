@@ -20,6 +20,7 @@ ap.add_argument("--tap", choices=["vision", "encoder", "encmean", "decoder", "cl
 ap.add_argument("--img-pos-std", type=float, default=None); ap.add_argument("--enc-pos-std", type=float, default=None); ap.add_argument("--init-std", type=float, default=None)
 ap.add_argument("--vision", default="", help="vision_config overrides, e.g. 'depths=[2,2]'")
 ap.add_argument("--steps", type=int, default=300); ap.add_argument("--lr", type=float, default=3e-4); ap.add_argument("--nq", type=int, default=24)
+ap.add_argument("--size", type=int, default=None, help="resize the 32-px images to this side before the tower (bilinear)")
 a = ap.parse_args()
 torch.manual_seed(0)
 card = cards.load_card("florence2-tiny")
@@ -39,6 +40,7 @@ if a.tap == "clip":  # the frozen CLIP text encoder of the committed T2I folder,
 enc = VLVEncoder(components.build_vision(card), a.nq, 128)
 m = enc.florence.model
 def feats(x):
+    if a.size: x = F.interpolate(x, size=(a.size, a.size), mode="bilinear", align_corners=False, antialias=True)
     x = ((x + 1) / 2 - enc.mean) / enc.std
     image = m.get_image_features(x).pooler_output
     if a.tap == "vision": return image.flatten(1)
@@ -69,5 +71,5 @@ for step in range(a.steps):
     if step % 100 == 99:
         with torch.no_grad(): va = [float((o.argmax(1) == yv[:, i]).float().mean()) for i, o in enumerate(split(head(feats(xv))))]
         tr = np.mean(acc[-100:], axis=0)
-        print(f"init={a.init} vision={a.vision} img_pos={a.img_pos_std} enc_pos={a.enc_pos_std} init_std={a.init_std} tap={a.tap} step {step + 1}: "
+        print(f"init={a.init} size={a.size} vision={a.vision} img_pos={a.img_pos_std} enc_pos={a.enc_pos_std} init_std={a.init_std} tap={a.tap} step {step + 1}: "
               + " ".join(f"{f} {t:.2f}/{v:.2f}" for f, t, v in zip(FIELDS, tr, va)) + f" (train/val, {time.time() - t0:.0f}s)", flush=True)

@@ -48,6 +48,7 @@ class Captioner(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(self.clip.width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.max_caption_tokens = max_caption_tokens
         self.config: dict = {}
+        self.lr_scale = {"encoder": 1.0, "mlp": 1.0, "llm": 1.0}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -64,6 +65,15 @@ class Captioner(nn.Module):
             self.llm.requires_grad_(True)
         if "encoder" in choice:
             self.encoder.set_trainable(encoder_parts)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The training loop's optimizer groups: each trainable part at ``lr`` x its ``lr_scale``."""
+        groups = []
+        for name in ("encoder", "mlp", "llm"):
+            params = [p for p in getattr(self, name).parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr * self.lr_scale[name], "name": name})
+        return groups
 
     # ------------------------------------------------------------------ model
     def prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -172,6 +182,7 @@ def build(params, encoder: VLVEncoder | None = None, stage1_dir: str | Path = "m
         encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
     model = Captioner(encoder, text_encoder, clip_tokenizer, llm.model, llm.tokenizer, s.max_caption_tokens)
     model.set_trainable(s.trainable, params.stage1.trainable)
+    model.lr_scale = s.lr_scale.model_dump()
     return model
 
 

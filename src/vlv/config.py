@@ -197,8 +197,17 @@ class Stage1(Loop):
     eval: Stage1Eval = Stage1Eval()
 
 
+class PartLR(Section):
+    """Stage 2's learning rate per part, as multiples of ``stage2.optim.lr``."""
+
+    encoder: PosFloat = 1.0
+    mlp: PosFloat = 1.0
+    llm: PosFloat = 1.0
+
+
 class Stage2(Loop):
     steps: PosInt = 900
+    lr_scale: PartLR = Field(PartLR(), description="per-part multiples of optim.lr (encoder, mlp, llm); a frozen part ignores its own")
     optim: Optim = Optim(lr=3e-4, schedule="linear", warmup_steps=50)
     trainable: Literal["mlp", "mlp+llm", "mlp+llm+encoder"] = "mlp+llm+encoder"
     max_caption_tokens: PosInt = 32

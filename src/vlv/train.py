@@ -2,8 +2,9 @@
 
 The module trained is a ``torch.nn.Module`` whose ``forward(batch)`` returns the mean
 training loss of that micro-batch (so DDP sees the forward and syncs gradients). It may
-define ``param_groups()`` -> list of ``{"params": [...], "lr": ...}`` for per-part learning
-rates; otherwise every parameter with ``requires_grad`` trains at ``optim.lr``.
+define ``param_groups(lr)`` -> list of ``{"params": [...], "lr": ...}`` for per-part learning
+rates (``lr`` is the stage's ``optim.lr``; a group without an "lr" takes it); otherwise every
+parameter with ``requires_grad`` trains at ``optim.lr``.
 
 Data order is a pure function of (seed, global sample position): global step ``s`` consumes
 positions ``s*G .. s*G+G-1`` (G = global batch) of an endless stream of per-epoch seeded
@@ -239,7 +240,7 @@ def _load(path: Path, model, optimizer, scheduler, acc) -> dict:
 
 # ---------------------------------------------------------------------------------- loop
 def _param_groups(model: torch.nn.Module, optim: Optim) -> list[dict]:
-    groups = model.param_groups() if hasattr(model, "param_groups") else [
+    groups = model.param_groups(optim.lr) if hasattr(model, "param_groups") else [
         {"params": [p for p in model.parameters() if p.requires_grad], "lr": optim.lr}
     ]
     groups = [g for g in groups if g["params"]]
