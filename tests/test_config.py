@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vlv import config
-from vlv.errors import ParamsError
+from vlv.errors import ParamsError, VLVError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +87,19 @@ def test_vlv_sweep_with_a_bad_space_fails_before_any_trial(tmp_path):
                        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sweep.space.stage2.optim.lr: a range needs low < high" in r.stderr
     assert not (tmp_path / "mlruns").exists(), "nothing was created: no study, no run"
+
+
+def test_a_bad_sweep_storage_is_one_line_without_the_password():
+    from vlv import sweep
+
+    params = config.load(ROOT / "params.yaml")
+    with pytest.raises(VLVError) as missing:  # no MySQL driver is installed: say what to install
+        sweep.open_study(params, "s", "mysql://vlv:secret@db-host/sweeps")
+    assert "install the database driver" in str(missing.value)
+    with pytest.raises(VLVError) as down:  # nothing listens on port 9 (or psycopg is not installed)
+        sweep.open_study(params, "s", "postgresql://vlv:secret@127.0.0.1:9/sweeps")
+    for err in (missing.value, down.value):
+        assert "\n" not in str(err) and "secret" not in str(err) and "vlv:***@" in str(err)
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

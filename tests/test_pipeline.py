@@ -244,6 +244,69 @@ def test_a_sweep_trial_with_stage2_init_random_runs_no_stage1(reproduced):
     assert not any(k.startswith("stage1/") for k in keys), "no stage 1 in a stage2.init random trial"
 
 
+@pytest.mark.slow  # ~35 s; needs a PostgreSQL database: VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db
+def test_two_sweep_workers_share_one_postgresql_study(reproduced):
+    """The many-node recipe of the README on a real PostgreSQL server: two `vlv sweep`
+    processes on one `--storage postgresql://...` share one study (4 trials, none lost or
+    duplicated), and the password never reaches MLflow."""
+    import time
+
+    import optuna
+
+    url = os.environ.get("VLV_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db (README, Sweeps) to run it")
+    pytest.importorskip("psycopg", reason="pip install -e '.[sweep]'")
+    d, env = reproduced
+    study = f"pg-{int(time.time())}"  # the database outlives the test: a fresh study each run
+    workers = [sweep_worker(d, env, study, 2, "--storage", url) for _ in range(2)]
+    outs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n".join(o[-2000:] for o in outs)
+    trials = optuna.load_study(study_name=study, storage=url).get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    parents = [r for r in runs(d) if r["tags"].get("vlv.sweep_study") == study and r["tags"]["vlv.sweep_role"] == "parent"]
+    assert len(parents) == 1 and parents[0]["tags"]["vlv.sweep_storage"].startswith("postgresql://")
+    password = url.rsplit("@", 1)[0].split(":")[-1]
+    assert password not in parents[0]["tags"]["vlv.sweep_storage"] and password not in "".join(outs)
+
+
+@pytest.mark.slow  # ~15 s; needs the `sweep` extra (pip install -e '.[sweep]')
+def test_optuna_dashboard_serves_the_sweep_storage(reproduced):
+    """README: `optuna-dashboard sqlite:///mlruns/optuna.db` shows the studies `vlv sweep` wrote."""
+    import socket
+    import time
+    import urllib.request
+
+    pytest.importorskip("optuna_dashboard", reason="pip install -e '.[sweep]'")
+    d, env = reproduced
+    if not (d / "mlruns/optuna.db").is_file():
+        out = sweep_worker(d, env, "dash", 1).communicate(timeout=300)[0]
+        assert (d / "mlruns/optuna.db").is_file(), out[-2000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen([str(exe), "sqlite:///mlruns/optuna.db", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, body = time.time() + 60, None
+        while body is None:
+            assert server.poll() is None and time.time() < deadline, server.stdout.read()[-2000:]
+            try:
+                body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read())
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    import optuna
+
+    names = {s["study_name"] for s in body["study_summaries"]}
+    assert names and names == {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{d / 'mlruns/optuna.db'}")}
+
+
 def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_loss(project):
     import psutil
     import signal

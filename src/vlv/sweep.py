@@ -88,8 +88,9 @@ def open_study(params: config.Params, study_name: str, url: str):
             study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                         direction=direction, load_if_exists=True)
     except Exception as err:  # sqlalchemy/optuna raise many types for a bad URL or an unreachable server
-        raise VLVError(f"sweep storage {_public(url)}: {type(err).__name__}: {str(err).splitlines()[0]}; "
-                       "check --storage / sweep.storage") from None
+        hint = ("install the database driver: pip install -e '.[sweep]' (psycopg 3 for postgresql://)"
+                if isinstance(err, ImportError) else "check --storage / sweep.storage")
+        raise VLVError(f"sweep storage {_public(url)}: {type(err).__name__}: {str(err).splitlines()[0]}; {hint}") from None
     if study.direction.name.lower() != direction:
         raise VLVError(f"study {study_name!r} on {_public(url)} was made to {study.direction.name.lower()}, "
                        f"but sweep.objective {s.objective} needs {direction}; use another --study name")
