@@ -72,6 +72,7 @@ def report(study, out_dir: Path) -> str:
         ax.set_xscale("log")
         widths = sorted({t.params[WIDTH] for t in trials if WIDTH in t.params})
         ax.set_xticks(widths, [str(w) for w in widths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no log-scale minor labels over the widths
         ax.set_xlabel("bottleneck width (queries)")
         ax.set_ylabel(attrs.get("objective", "value"))
         ax.set_title(f"sweep {study.study_name}: complete (dots), pruned at their last report (x)")

@@ -21,6 +21,8 @@ ap.add_argument("--img-pos-std", type=float, default=None); ap.add_argument("--e
 ap.add_argument("--vision", default="", help="vision_config overrides, e.g. 'depths=[2,2]'")
 ap.add_argument("--steps", type=int, default=300); ap.add_argument("--lr", type=float, default=3e-4); ap.add_argument("--nq", type=int, default=24)
 ap.add_argument("--size", type=int, default=None, help="resize the 32-px images to this side before the tower (bilinear)")
+ap.add_argument("--train-split", default="pairs", help="pairs (2000, what stage 2 sees) or images (17,400: what a pretrained tower could have seen)")
+ap.add_argument("--n-train", type=int, default=None)
 a = ap.parse_args()
 torch.manual_seed(0)
 card = cards.load_card("florence2-tiny")
@@ -53,11 +55,11 @@ def feats(x):
     if a.tap == "decoder": return decoded.flatten(1)
     return clip.from_embeddings(enc.projection(decoded)).flatten(1)
 def load(split, n):
-    ds = data.ShardDataset("data/prepared", split, captions=True, limit=n)
+    ds = data.ShardDataset("data/prepared", split, captions=True, limit=n)  # the images split has captions too (pretrain reads them)
     x = torch.stack([ds[i]["pixel_values"] for i in range(len(ds))])
     objs = [world.parse(c).objects[0] for c in ds.rows["caption"]]
     return x, torch.tensor([[o.cell, list(world.COLOURS).index(o.colour), world.SHAPES.index(o.shape), list(world.SIZES).index(o.size)] for o in objs])
-xt, yt = load("pairs", 2000); xv, yv = load("val", 300)
+xt, yt = load(a.train_split, a.n_train); xv, yv = load("val", 300)
 FIELDS = {"cell": 9, "colour": 6, "shape": 3, "size": 2}
 with torch.no_grad(): head = torch.nn.Linear(feats(xt[:2]).shape[1], sum(FIELDS.values()))
 def split(out): return torch.split(out, list(FIELDS.values()), dim=1)
