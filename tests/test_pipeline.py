@@ -318,6 +318,7 @@ def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_lo
     # cache would otherwise restore the earlier result instead of exercising the resume).
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["stage1"]["log_every"] = 5
+    params["evaluate"]["meteor"] = False  # the re-run evaluate skips METEOR's ~13 s JVM (test_dvc_repro ran it)
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=d, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
