@@ -19,7 +19,7 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q --durations=8
 
 # pytest-benchmark timings of real work (tests/benchmarks, excluded from `make test`)
 bench: $(STAMP)

@@ -244,7 +244,7 @@ def test_a_sweep_trial_with_stage2_init_random_runs_no_stage1(reproduced):
     assert not any(k.startswith("stage1/") for k in keys), "no stage 1 in a stage2.init random trial"
 
 
-@pytest.mark.slow  # ~35 s; needs a PostgreSQL database: VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db
+@pytest.mark.slow  # ~60 s; needs a PostgreSQL database: VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db
 def test_two_sweep_workers_share_one_postgresql_study(reproduced):
     """The many-node recipe of the README on a real PostgreSQL server: two `vlv sweep`
     processes on one `--storage postgresql://...` share one study (4 trials, none lost or
@@ -272,7 +272,7 @@ def test_two_sweep_workers_share_one_postgresql_study(reproduced):
     assert password not in parents[0]["tags"]["vlv.sweep_storage"] and password not in "".join(outs)
 
 
-@pytest.mark.slow  # ~15 s; needs the `sweep` extra (pip install -e '.[sweep]')
+@pytest.mark.slow  # ~25 s; needs the `sweep` extra (pip install -e '.[sweep]')
 def test_optuna_dashboard_serves_the_sweep_storage(reproduced):
     """README: `optuna-dashboard sqlite:///mlruns/optuna.db` shows the studies `vlv sweep` wrote."""
     import socket
@@ -307,12 +307,13 @@ def test_optuna_dashboard_serves_the_sweep_storage(reproduced):
     assert names and names == {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{d / 'mlruns/optuna.db'}")}
 
 
-def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_loss(project):
+@pytest.mark.slow  # 33-61 s; the loop's own kill -9 + resume (test_train) stays in the fast suite
+def test_kill_9_in_the_middle_of_stage1_then_dvc_repro_finishes_with_the_same_loss(reproduced):
     import psutil
     import signal
     import time
 
-    d, env = project
+    d, env = reproduced
     straight = json.loads((d / "metrics/stage1.json").read_text())["final_train_loss"]
     # A param change that leaves the training itself alone: DVC must run stage1 again (its run
     # cache would otherwise restore the earlier result instead of exercising the resume).
