@@ -48,7 +48,7 @@ class Captioner(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(self.clip.width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.max_caption_tokens = max_caption_tokens
         self.config: dict = {}
-        self.lr_scale = {"encoder": 1.0, "mlp": 1.0, "llm": 1.0}
+        self.lr_scale: dict[str, float] = {}  # part -> multiple of the stage lr (build: stage2.lr_scale); absent = 1
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -72,7 +72,7 @@ class Captioner(nn.Module):
         for name in ("encoder", "mlp", "llm"):
             params = [p for p in getattr(self, name).parameters() if p.requires_grad]
             if params:
-                groups.append({"params": params, "lr": lr * self.lr_scale[name], "name": name})
+                groups.append({"params": params, "lr": lr * self.lr_scale.get(name, 1.0), "name": name})
         return groups
 
     # ------------------------------------------------------------------ model
