@@ -1,7 +1,7 @@
 """DVC stage `pretrain`: the parts the paper downloads, trained on the shapes world.
 
-Embedded profile: trains the T2I decoder (VAE, CLIP text encoder + tokenizer, UNet) and
-the caption LM, saves them as standard HF folders under models/pretrained/, and checks
+Embedded profile: trains the T2I decoder (VAE, CLIP text encoder + tokenizer, UNet), the
+caption LM and the Florence-2 vision encoder (as a captioner), saves them as standard HF folders under models/pretrained/, and checks
 them (colour check through StableDiffusionPipeline, LM continuations). Paper profile:
 only verifies that the three local folders load.
 """
@@ -36,7 +36,7 @@ def main(params: config.Params) -> None:
             return
         tracking.record("pretrain", metrics, METRICS, sorted(PLOTS.glob("*")))
         clear_checkpoints(CKPT)
-        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k != 'lm_samples'})}")
+        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k not in ('lm_samples', 'vision_samples')})}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def report() -> str:
         "| --- | ---: | --- |",
         f"| prepare | {secs['prepare']:.0f} s | {m['prepare'].get('accepted', '')} images rendered, checked and sharded |",
         f"| pretrain | {secs['pretrain']:.0f} s | VAE {p['vae']:.0f} s, text encoder {p.get('clip', 0):.0f} s, teacher UNet "
-        f"{p['teacher']:.0f} s, LM {p['llm']:.0f} s, attribute classifier {pre.get('classifier_seconds', 0):.0f} s; the rest: "
+        f"{p['teacher']:.0f} s, LM {p['llm']:.0f} s, Florence-2 {p.get('vision', 0):.0f} s, attribute classifier {pre.get('classifier_seconds', 0):.0f} s; the rest: "
         "encoding the latents once and the checks |",
         f"| stage1 | {secs['stage1']:.0f} s | {s1['steps']} steps in {s1['seconds']:.0f} s ({s1['samples_per_second']:.0f} samples/s); "
         "the latents come from pretrain's cache; then the val metrics |",
@@ -68,6 +68,8 @@ def report() -> str:
         f"| teacher: prompted background dominant | {pct(pre['teacher_background_rate'])} | {pct(pre['teacher_background_chance'])} |",
         f"| caption LM: grammatical continuations | {pct(pre['lm_grammatical_rate'])} | |",
         f"| attribute classifier: val accuracy | {pct(pre['classifier_val_accuracy'])} | |",
+        *([f"| Florence-2 (the vision encoder) captioning {pre['vision_val_images']} val images itself: attribute accuracy "
+           f"(exact match) | {pct(pre['vision_val_mean'])} ({pct(pre['vision_val_exact'])}) | |"] if "vision_val_mean" in pre else []),
         "",
         f"Stage 1 (`metrics/stage1.json`): {s1['images']} val images x {s1['draws']} noise draws, the same noise and "
         "timesteps for every conditioning:",

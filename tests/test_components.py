@@ -83,6 +83,33 @@ def test_llm_folder_round_trip_and_errors(tmp_path):
         components.load_llm(tmp_path / "nope")
 
 
+def test_florence_pretrained_as_a_captioner_saves_a_folder_that_components_vision_loads(tmp_path):
+    """The embedded pretrain's Florence-2: trained through the class's own forward, it learns to
+    caption (here: overfits two scenes), and its folder loads through load_vision into a VLV encoder."""
+    tok = vocab.qwen2_tokenizer(CAPTIONS)
+    torch.manual_seed(0)
+    florence = components.build_vision_for("florence2-tiny", tok)
+    assert florence.model.config.image_token_id == len(tok) and florence.prompt_ids == tok(components.TASK_PROMPT).input_ids
+    objective = pretrain.FlorenceCaptionObjective(florence, tok)
+    scenes = world.sample_scenes(3, 2)
+    batch = {"pixel_values": torch.stack([torch.from_numpy(world.render(s)).permute(2, 0, 1).float() / 127.5 - 1 for s in scenes]),
+             "caption": [s.caption() for s in scenes]}
+    opt = torch.optim.AdamW(objective.parameters(), lr=3e-3)
+    first = float(objective(batch))
+    for _ in range(60):
+        loss = objective(batch)
+        opt.zero_grad(); loss.backward(); opt.step()
+    assert float(loss) < 0.05 * first
+    assert objective.caption(batch["pixel_values"]) == batch["caption"]
+
+    folder = components.save_vision(florence, tok, tmp_path / "vision")
+    loaded = components.load_vision(folder)
+    assert (loaded.image_size, loaded.prompt_ids, loaded.source) == (32, florence.prompt_ids, str(folder))
+    assert pretrain.FlorenceCaptionObjective(loaded, tok).caption(batch["pixel_values"]) == batch["caption"]
+    enc = autoencoder.VLVEncoder(loaded, 4, 64)
+    assert enc(batch["pixel_values"]).shape == (2, 4, 64)
+
+
 def test_every_world_word_is_one_token(clip_tok):
     qwen = vocab.qwen2_tokenizer(CAPTIONS)
     caption = CAPTIONS[0]

@@ -62,6 +62,15 @@ def test_bad_values_fail_with_one_line_naming_the_key(raw, key, words):
     assert words in msg
 
 
+def test_skipping_the_vision_pretraining_needs_another_vision_folder():
+    with pytest.raises(ParamsError) as info:
+        config.validate({"pretrain": {"vision": {"steps": 0}}}, source="p.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg and "components.vision: models/pretrained/vision is written by pretrain" in msg and "null" in msg
+    assert config.validate({"pretrain": {"vision": {"steps": 0}}, "components": {"vision": None}}).components.vision is None
+    assert config.validate({"profile": "paper", "pretrain": {"vision": {"steps": 0}}}).profile == "paper"  # paper: folders verified, nothing trained
+
+
 @pytest.mark.parametrize(
     "space, words",
     [

@@ -52,7 +52,7 @@ def shrink(params: dict) -> None:
     params["tracking"]["system_metrics_interval_s"] = 1
     tiny = {"global_batch": 8, "checkpoint_every": 0, "log_every": 2}
     params["pretrain"] = {"vae": {"steps": 3, **tiny}, "clip": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
-                          "classifier": {"steps": 3, **tiny}, "eval": {"prompts": 4, "steps": 2}}
+                          "vision": {"steps": 3, **tiny, "val_images": 4}, "classifier": {"steps": 3, **tiny}, "eval": {"prompts": 4, "steps": 2}}
     params["stage1"] = {**params["stage1"], "steps": 40, "global_batch": 8, "checkpoint_every": 4, "log_every": 4,
                         "eval": {"images": 8, "noise_draws": 1, "recon_images": 2, "recon_steps": 2, "guidance_scale": 2.0}}
     params["stage2"] = {**params["stage2"], "steps": 6, **tiny, "val_images": 8, "max_new_tokens": 12}
@@ -115,6 +115,10 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     # the pretrained parts are standard HF folders; stage 1 wrote its encoder, metrics, plots
     assert (d / "models/pretrained/t2i/model_index.json").is_file() and (d / "models/pretrained/llm/config.json").is_file()
     assert (d / "models/stage1/vlv_encoder.json").is_file()
+    # stage 1 started from the Florence-2 that pretrain wrote (its own val captions scored)
+    assert json.loads((d / "models/stage1/vlv_encoder.json").read_text())["vision_source"] == "models/pretrained/vision"
+    pre = json.loads((d / "metrics/pretrain.json").read_text())
+    assert pre["vision_val_images"] == 4 and 0 <= pre["vision_val_mean"] <= 1 and "vision" in pre["seconds"]
     s1 = json.loads((d / "metrics/stage1.json").read_text())
     assert {"loss_vlv", "loss_uncond", "loss_caption", "loss_shuffled", "distillation_gap"} <= set(s1)
     assert (d / "plots/stage1/reconstructions.png").stat().st_size > 1000

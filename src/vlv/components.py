@@ -162,6 +162,38 @@ def build_vision(card: str | dict) -> VisionParts:
     )
 
 
+TASK_PROMPT = "Describe in detail what is shown in the image."  # what Florence-2's processor makes of <MORE_DETAILED_CAPTION>
+
+
+def build_vision_for(card: str | dict, tokenizer) -> VisionParts:
+    """Random-weight Florence-2 from ``card`` with its text vocabulary, special ids and task
+    prompt taken from ``tokenizer`` (what the embedded pretrain trains and ``save_vision`` writes)."""
+    c = cards.load_card(card) if isinstance(card, str) else card
+    if c["kind"] != "vision":
+        raise VLVError(f"architecture card {c['name']!r} is a {c['kind']} card, not a vision card")
+    spec = c["parts"]["model"]
+    eos = int(tokenizer.eos_token_id)
+    special = dict(pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos), bos_token_id=eos,
+                   eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos)
+    text = {**spec["config"]["text_config"], "vocab_size": len(tokenizer) + 1, **special}  # + 1: the image token
+    model = cards.build(c, "model", text_config=text, image_token_id=len(tokenizer))
+    model.generation_config.update(**special)
+    return VisionParts(model=model, prompt_ids=list(tokenizer(TASK_PROMPT).input_ids), image_size=int(c["image_size"]),
+                       image_mean=list(c["image_mean"]), image_std=list(c["image_std"]), source=f"card:{c['name']}")
+
+
+def save_vision(parts: VisionParts, tokenizer, folder: str | Path) -> Path:
+    """Write a transformers Florence-2 folder that ``load_vision`` reads: config + safetensors
+    weights, the tokenizer, and a preprocessor_config.json with the input size and normalisation."""
+    folder = Path(folder)
+    parts.model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    size = {"height": parts.image_size, "width": parts.image_size}
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"crop_size": size, "size": size, "image_mean": parts.image_mean, "image_std": parts.image_std}, indent=2) + "\n")
+    return folder
+
+
 def load_vision(folder: str | Path, param: str = "components.vision", task_prompt: str | None = None) -> VisionParts:
     from transformers import AutoTokenizer, Florence2ForConditionalGeneration
 
@@ -173,7 +205,7 @@ def load_vision(folder: str | Path, param: str = "components.vision", task_promp
     pre = json.loads((path / "preprocessor_config.json").read_text()) if (path / "preprocessor_config.json").is_file() else {}
     size = pre.get("crop_size") or pre.get("size") or {"height": 768}
     size = size.get("height", size.get("shortest_edge", 768)) if isinstance(size, dict) else int(size)
-    prompt = task_prompt or "Describe in detail what is shown in the image."
+    prompt = task_prompt or TASK_PROMPT
     return VisionParts(
         model=model, prompt_ids=list(tok(prompt).input_ids), image_size=int(size),
         image_mean=list(pre.get("image_mean", [0.485, 0.456, 0.406])), image_std=list(pre.get("image_std", [0.229, 0.224, 0.225])),

@@ -79,11 +79,14 @@ class Tracking(Section):
     model_name: str | None = Field("vlv-captioner", description="MLflow registered-model name of the captioner; null = log, don't register")
 
 
+VISION_FOLDER = "models/pretrained/vision"  # where the embedded pretrain writes the Florence-2 folder
+
+
 class Components(Section):
     """Where the pretrained parts come from: local folders, never hub ids."""
 
     t2i: str = Field("models/pretrained/t2i", description="diffusers folder (stable-diffusion-2-1-base layout)")
-    vision: str | None = Field(None, description="Florence-2 folder; null = build from vision_card")
+    vision: str | None = Field(VISION_FOLDER, description="Florence-2 folder (embedded: pretrain writes it); null = random weights from vision_card")
     vision_card: str = "florence2-tiny"
     llm: str = Field("models/pretrained/llm", description="transformers causal-LM folder")
     classifier: str | None = Field("models/pretrained/classifier", description="shapes-world attribute classifier (evaluate); null = none")
@@ -150,6 +153,18 @@ class LMLoop(Loop):
     optim: Optim = Optim(lr=2e-3, warmup_steps=20)
 
 
+class VisionLoop(Loop):
+    """The vision encoder (Florence-2 from ``components.vision_card``) pretrained as Florence-2 is:
+    image + task prompt -> caption, on the images split's captions; saved to
+    models/pretrained/vision. steps 0 = skip it (then components.vision must name another folder
+    or be null: a random Florence-2 from the card)."""
+
+    steps: NonNegInt = 1500
+    global_batch: PosInt = 32
+    optim: Optim = Optim(lr=1e-3, warmup_steps=50, min_lr_ratio=0.25)
+    val_images: PosInt = Field(300, description="val images the pretrained Florence-2 captions itself (its own attribute accuracy)")
+
+
 class ClassifierLoop(Loop):
     """The world's attribute classifier (its "Inception"), used by evaluate."""
 
@@ -171,6 +186,7 @@ class Pretrain(Section):
     clip: ClipLoop = ClipLoop()
     teacher: TeacherLoop = TeacherLoop()
     llm: LMLoop = LMLoop()
+    vision: VisionLoop = VisionLoop()
     classifier: ClassifierLoop = ClassifierLoop()
     eval: PretrainEval = PretrainEval()
 
@@ -191,7 +207,7 @@ class Stage1(Loop):
     optim: Optim = Optim(lr=5e-4, warmup_steps=50)
     num_queries: Annotated[int, Field(gt=0, le=512)] = 24
     trainable: list[EncoderPart] = Field(
-        default_factory=lambda: ["queries", "projection", "language_model", "image_projector", "vision_tower"],
+        default_factory=lambda: ["queries", "projection", "language_model"],  # DaViT and its projector frozen, as the paper
         min_length=1,
     )
     eval: Stage1Eval = Stage1Eval()
@@ -332,6 +348,13 @@ class Params(Section):
     tracking: Tracking = Tracking()
     cost: Cost = Cost()
     sweep: Sweep = Field(default_factory=Sweep)  # built on use: its check reads the Params schema
+
+    @model_validator(mode="after")
+    def _vision_folder_is_written(self) -> "Params":
+        if self.profile == "embedded" and self.pretrain.vision.steps == 0 and self.components.vision == VISION_FOLDER:
+            raise ValueError(f"components.vision: {VISION_FOLDER} is written by pretrain, but pretrain.vision.steps is 0; "
+                             "set components.vision to another Florence-2 folder, or null for random weights from the card")
+        return self
 
 
 # ------------------------------------------------------------------------------ loading

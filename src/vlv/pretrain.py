@@ -4,7 +4,10 @@
   text encoder + UNet2DConditionModel on (latents, captions) with caption dropout for
   classifier-free guidance; saved as one standard diffusers folder;
 - the caption LM: a Qwen2-architecture causal LM on the caption corpus; saved as a
-  standard transformers folder with its tokenizer.
+  standard transformers folder with its tokenizer;
+- the vision encoder: Florence-2 (from ``components.vision_card``) trained as Florence-2 was,
+  image + task prompt -> caption, with the LM's tokenizer; saved as a transformers Florence-2
+  folder that ``components.vision`` names (the paper starts from a pretrained Florence-2-large).
 Each is trained by the shared loop (vlv.train). The corpus is the ``images`` split with
 its captions: in the paper these parts were pretrained on web-scale pairs before VLV ever
 saw them; here the teacher plays that role for the world.
@@ -169,6 +172,48 @@ class LMObjective(nn.Module):
         ids, mask = enc.input_ids.to(self.model.device), enc.attention_mask.to(self.model.device)
         labels = ids.masked_fill(mask == 0, -100)
         return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+class FlorenceCaptionObjective(nn.Module):
+    """Florence-2's own task: image tokens + task prompt -> its encoder; the decoder learns the
+    caption (teacher forcing, with an end-of-text target), through the class's own forward."""
+
+    def __init__(self, vision: components.VisionParts, tokenizer, max_tokens: int = 48):
+        super().__init__()
+        self.model, self.tokenizer, self.max_tokens, self.image_size = vision.model, tokenizer, max_tokens, vision.image_size
+        self.register_buffer("mean", torch.tensor(vision.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(vision.image_std).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            n_image = self.model.model.get_image_features(torch.zeros(1, 3, vision.image_size, vision.image_size)).pooler_output.shape[1]
+        ids = [int(self.model.config.image_token_id)] * n_image + list(vision.prompt_ids)
+        self.register_buffer("input_ids", torch.tensor([ids], dtype=torch.long), persistent=False)
+
+    def inputs(self, pixel_values: torch.Tensor) -> dict:
+        x = pixel_values
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        ids = self.input_ids.expand(x.shape[0], -1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": ((x + 1) / 2 - self.mean) / self.std}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        eos = self.tokenizer.eos_token
+        enc = self.tokenizer([c + eos for c in batch["caption"]], padding=True, truncation=True,
+                             max_length=self.max_tokens, return_tensors="pt")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100).to(self.input_ids.device)
+        return self.model(**self.inputs(batch["pixel_values"].to(self.input_ids.device)), labels=labels).loss
+
+    @torch.no_grad()
+    def caption(self, pixel_values: torch.Tensor, max_new_tokens: int = 32, batch_size: int = 64) -> list[str]:
+        """Greedy captions (Florence-2's ``generate``), as the baseline the VLV captioner is compared with."""
+        was_training = self.training
+        self.eval()
+        out: list[str] = []
+        for i in range(0, len(pixel_values), batch_size):
+            ids = self.model.generate(**self.inputs(pixel_values[i : i + batch_size]), max_new_tokens=max_new_tokens,
+                                      num_beams=1, do_sample=False)
+            out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        self.train(was_training)
+        return out
 
 
 # ---------------------------------------------------------------------------- checks
@@ -344,6 +389,22 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         lm.save_pretrained(tmp / "llm", safe_serialization=True)
         tok.save_pretrained(tmp / "llm")
 
+    vision_report, vision_run = {}, None
+    if p.vision.steps:
+        torch.manual_seed(seed)
+        florence = components.build_vision_for(params.components.vision_card, tok)
+        objective = FlorenceCaptionObjective(florence, tok)
+        vision_run = runs["vision"] = train(
+            objective, dataset, spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
+            fingerprint(params.components.vision_card, p.vision, data_hash, seed), log=tracking.metric_logger("pretrain/vision"))
+        if main:
+            components.save_vision(florence, tok, tmp / "vision")
+            n = min(p.vision.val_images, len(val))
+            captions = objective.caption(val_x[:n])
+            scores = world.score(captions, val.rows["caption"].tolist()[:n]) if world.try_parse(val.rows["caption"].iloc[0]) else {}
+            vision_report = {"vision_final_loss": vision_run.final_loss, "vision_val_images": n,
+                             **{f"vision_val_{k}": v for k, v in scores.items()}, "vision_samples": captions[:3]}
+
     clf_report = {}
     if all(world.try_parse(c) is not None for c in corpus):  # the world's captions: its attribute classifier
         torch.manual_seed(seed)
@@ -376,6 +437,8 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         [{"prompt": pr, "dominant": d} for pr, d in zip(check.prompts, check.predicted)], indent=2) + "\n")
     curves = {"vae": vae_run.losses, "teacher (UNet + CLIP)" if p.teacher.train_text_encoder else "teacher (UNet)": teacher_run.losses,
               "caption LM": lm_run.losses}
+    if vision_run is not None:
+        curves["Florence-2 captioning"] = vision_run.losses
     if "clip" in runs:
         curves["text encoder (contrastive)"] = runs["clip"].losses
     if clf_report:
@@ -391,5 +454,6 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         "seconds": {**{k: r.seconds for k, r in runs.items()}, "llm": lm_run.seconds},
         **vae_report,
         **clip_report,
+        **vision_report,
         **clf_report,
     }
