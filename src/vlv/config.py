@@ -222,7 +222,7 @@ class PartLR(Section):
 
 
 class Stage2(Loop):
-    steps: PosInt = 900
+    steps: PosInt = 1800
     lr_scale: PartLR = Field(PartLR(), description="per-part multiples of optim.lr (encoder, mlp, llm); a frozen part ignores its own")
     optim: Optim = Optim(lr=3e-4, schedule="linear", warmup_steps=50)
     trainable: Literal["mlp", "mlp+llm", "mlp+llm+encoder"] = "mlp+llm+encoder"
