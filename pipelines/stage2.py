@@ -1,6 +1,7 @@
 """DVC stage `stage2`: caption tuning on the `pairs` split.
 
-The stage-1 encoder (or a random one: the no-stage-1 ablation, `stage2.init: random`)
+The stage-1 encoder (or, for the no-stage-1 ablation `stage2.init: random`, components.vision's
+Florence-2 with fresh queries and projection)
 -> frozen CLIP -> MLP -> LLM prefix, trained on captioned pairs only. Writes the captioner
 folder (models/captioner, loadable in one call), its attribute accuracy on val, the loss
 curve, and logs it to MLflow as a pyfunc model registered under `tracking.model_name`.

@@ -166,7 +166,8 @@ class Captioner(nn.Module):
 @torch.no_grad()
 def build(params, encoder: VLVEncoder | None = None, stage1_dir: str | Path = "models/stage1") -> Captioner:
     """Stage 2's model from params (a ``config.Params``): the VLV encoder (``encoder`` if given,
-    else the stage-1 folder, or random weights for ``stage2.init: random``), the frozen CLIP
+    else the stage-1 folder, or for ``stage2.init: random`` components.vision's Florence-2 with fresh
+    queries and projection), the frozen CLIP
     text encoder of the T2I folder, the LLM folder; ``stage2.trainable`` trainable."""
     from . import components
 
@@ -176,7 +177,7 @@ def build(params, encoder: VLVEncoder | None = None, stage1_dir: str | Path = "m
     torch.manual_seed(params.seed)
     if encoder is None and s.init == "stage1":
         encoder = VLVEncoder.load(stage1_dir)
-    elif encoder is None:  # the no-stage-1 ablation: same architecture, random weights
+    elif encoder is None:  # the no-stage-1 ablation: components.vision's Florence-2, fresh queries and projection
         encoder = VLVEncoder(components.vision(c.vision, c.vision_card), params.stage1.num_queries,
                              int(text_encoder.config.hidden_size))
         encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
