@@ -95,11 +95,11 @@ def test_florence_pretrained_as_a_captioner_saves_a_folder_that_components_visio
     batch = {"pixel_values": torch.stack([torch.from_numpy(world.render(s)).permute(2, 0, 1).float() / 127.5 - 1 for s in scenes]),
              "caption": [s.caption() for s in scenes]}
     opt = torch.optim.AdamW(objective.parameters(), lr=3e-3)
-    first = float(objective(batch))
+    first = objective(batch).item()
     for _ in range(60):
         loss = objective(batch)
         opt.zero_grad(); loss.backward(); opt.step()
-    assert float(loss) < 0.05 * first
+    assert loss.item() < 0.05 * first
     assert objective.caption(batch["pixel_values"]) == batch["caption"]
 
     folder = components.save_vision(florence, tok, tmp_path / "vision")
