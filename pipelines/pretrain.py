@@ -1,8 +1,9 @@
 """DVC stage `pretrain`: the parts the paper downloads, trained on the shapes world.
 
 Embedded profile: trains the T2I decoder (VAE, CLIP text encoder + tokenizer, UNet), the
-caption LM and the Florence-2 vision encoder (as a captioner), saves them as standard HF folders under models/pretrained/, and checks
-them (colour check through StableDiffusionPipeline, LM continuations). Paper profile:
+caption LM and the Florence-2 vision encoder (as a captioner), saves them as standard HF
+folders under models/pretrained/, and checks them (colour check through
+StableDiffusionPipeline, LM continuations, Florence-2's own val captions). Paper profile:
 only verifies that the three local folders load.
 """
 
