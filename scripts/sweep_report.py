@@ -8,6 +8,7 @@ every trial, the best and median value per bottleneck width, and reports/sweep/<
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 from pathlib import Path
 
@@ -97,7 +98,12 @@ def main() -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=args.study, storage=args.storage)
+    try:
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+    except KeyError:  # optuna's "Record does not exist."
+        print(f"sweep_report: no study {args.study!r} in {args.storage} (studies live in the storage, not in git); "
+              f"run `vlv sweep --study {args.study}` there first or pass --storage", file=sys.stderr)
+        return 2
     body = report(study, ROOT / "reports" / "sweep" / args.study)
     return readme_block.write(START, END, body, args.check, "sweep_report", f"sweep section (study {args.study!r})")
 
