@@ -88,7 +88,7 @@ def test_florence_pretrained_as_a_captioner_saves_a_folder_that_components_visio
     caption (here: overfits two scenes), and its folder loads through load_vision into a VLV encoder."""
     tok = vocab.qwen2_tokenizer(CAPTIONS)
     torch.manual_seed(0)
-    florence = components.build_vision_for("florence2-tiny", tok)
+    florence = components.build_vision("florence2-tiny", tok)
     assert florence.model.config.image_token_id == len(tok) and florence.prompt_ids == tok(components.TASK_PROMPT).input_ids
     objective = pretrain.FlorenceCaptionObjective(florence, tok)
     scenes = world.sample_scenes(3, 2)

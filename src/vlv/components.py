@@ -150,36 +150,30 @@ class VisionParts:
     source: str  # folder path or "card:<name>"
 
 
-def build_vision(card: str | dict) -> VisionParts:
-    c = cards.load_card(card) if isinstance(card, str) else card
-    if c["kind"] != "vision":
-        raise VLVError(f"architecture card {c['name']!r} is a {c['kind']} card, not a vision card")
-    if "prompt_ids" not in c:
-        raise VLVError(f"architecture card {c['name']!r} has no prompt_ids; load a Florence-2 folder for its tokenizer instead")
-    return VisionParts(
-        model=cards.build(c, "model"), prompt_ids=list(c["prompt_ids"]), image_size=int(c["image_size"]),
-        image_mean=list(c["image_mean"]), image_std=list(c["image_std"]), source=f"card:{c['name']}",
-    )
-
-
 TASK_PROMPT = "Describe in detail what is shown in the image."  # what Florence-2's processor makes of <MORE_DETAILED_CAPTION>
 
 
-def build_vision_for(card: str | dict, tokenizer) -> VisionParts:
-    """Random-weight Florence-2 from ``card`` with its text vocabulary, special ids and task
-    prompt taken from ``tokenizer`` (what the embedded pretrain trains and ``save_vision`` writes)."""
+def build_vision(card: str | dict, tokenizer=None) -> VisionParts:
+    """Random-weight Florence-2 from ``card``. With ``tokenizer`` (what the embedded pretrain
+    trains and ``save_vision`` writes) the text vocabulary, special ids and task prompt come from
+    it; without, the card's own vocabulary and ``prompt_ids``."""
     c = cards.load_card(card) if isinstance(card, str) else card
     if c["kind"] != "vision":
         raise VLVError(f"architecture card {c['name']!r} is a {c['kind']} card, not a vision card")
-    spec = c["parts"]["model"]
-    eos = int(tokenizer.eos_token_id)
-    special = dict(pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos), bos_token_id=eos,
-                   eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos)
-    text = {**spec["config"]["text_config"], "vocab_size": len(tokenizer) + 1, **special}  # + 1: the image token
-    model = cards.build(c, "model", text_config=text, image_token_id=len(tokenizer))
-    model.generation_config.update(**special)
-    return VisionParts(model=model, prompt_ids=list(tokenizer(TASK_PROMPT).input_ids), image_size=int(c["image_size"]),
-                       image_mean=list(c["image_mean"]), image_std=list(c["image_std"]), source=f"card:{c['name']}")
+    if tokenizer is None:
+        if "prompt_ids" not in c:
+            raise VLVError(f"architecture card {c['name']!r} has no prompt_ids; load a Florence-2 folder for its tokenizer instead")
+        model, prompt_ids = cards.build(c, "model"), list(c["prompt_ids"])
+    else:
+        eos = int(tokenizer.eos_token_id)
+        pad = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos
+        special = dict(pad_token_id=pad, bos_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos)
+        text = {**c["parts"]["model"]["config"]["text_config"], "vocab_size": len(tokenizer) + 1, **special}  # + 1: the image token
+        model = cards.build(c, "model", text_config=text, image_token_id=len(tokenizer))
+        model.generation_config.update(**special)
+        prompt_ids = list(tokenizer(TASK_PROMPT).input_ids)
+    return VisionParts(model=model, prompt_ids=prompt_ids, image_size=int(c["image_size"]), image_mean=list(c["image_mean"]),
+                       image_std=list(c["image_std"]), source=f"card:{c['name']}")
 
 
 def save_vision(parts: VisionParts, tokenizer, folder: str | Path) -> Path:

@@ -389,10 +389,11 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         lm.save_pretrained(tmp / "llm", safe_serialization=True)
         tok.save_pretrained(tmp / "llm")
 
+    world_captions = all(world.try_parse(c) is not None for c in corpus)  # scored by world.score, read by a classifier
     vision_report, vision_run = {}, None
     if p.vision.steps:
         torch.manual_seed(seed)
-        florence = components.build_vision_for(params.components.vision_card, tok)
+        florence = components.build_vision(params.components.vision_card, tok)
         objective = FlorenceCaptionObjective(florence, tok)
         vision_run = runs["vision"] = train(
             objective, dataset, spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
@@ -401,12 +402,12 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
             components.save_vision(florence, tok, tmp / "vision")
             n = min(p.vision.val_images, len(val))
             captions = objective.caption(val_x[:n])
-            scores = world.score(captions, val.rows["caption"].tolist()[:n]) if world.try_parse(val.rows["caption"].iloc[0]) else {}
+            scores = world.score(captions, val.rows["caption"].tolist()[:n]) if world_captions else {}
             vision_report = {"vision_final_loss": vision_run.final_loss, "vision_val_images": n,
                              **{f"vision_val_{k}": v for k, v in scores.items()}, "vision_samples": captions[:3]}
 
     clf_report = {}
-    if all(world.try_parse(c) is not None for c in corpus):  # the world's captions: its attribute classifier
+    if world_captions:  # the world's captions: its attribute classifier
         torch.manual_seed(seed)
         clf = AttributeClassifier.from_card("classifier-tiny")
         clf_run = train(clf, dataset, spec_from(p.classifier, "pretrain.classifier", seed), ckpt / "classifier",
