@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench bench-gate ui clean
+.PHONY: install run test test-paper bench bench-gate ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q --durations=8
+
+# the paper profile end to end on folders in the real SD-2.1 / Florence-2 / Qwen2.5 layouts (shrunk)
+test-paper: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -q -m paper --durations=5
 
 # pytest-benchmark timings of real work (tests/benchmarks, excluded from `make test`)
 bench: $(STAMP)

@@ -1,16 +1,17 @@
 """DVC stage `pretrain`: the parts the paper downloads, trained on the shapes world.
 
-Embedded profile: trains the T2I decoder (VAE, CLIP text encoder + tokenizer, UNet), the
-caption LM and the Florence-2 vision encoder (as a captioner), saves them as standard HF
-folders under models/pretrained/, and checks them (colour check through
-StableDiffusionPipeline, LM continuations, Florence-2's own val captions). Paper profile:
-only verifies that the three local folders load.
+`pretrain.mode: train` (embedded profile): trains the T2I decoder (VAE, CLIP text encoder +
+tokenizer, UNet), the caption LM and the Florence-2 vision encoder (as a captioner), saves them
+as standard HF folders under models/pretrained/, and checks them (colour check through
+StableDiffusionPipeline, LM continuations, Florence-2's own val captions).
+`pretrain.mode: verify` (paper profile): loads the component folders and runs one tiny batch
+through every part (vlv.verify), so a broken or mismatched folder fails in the first minute.
 """
 
 import json
 from pathlib import Path
 
-from vlv import config, pretrain, tracking
+from vlv import config, pretrain, tracking, verify
 from vlv.cli import stage
 from vlv.train import clear_checkpoints
 
@@ -25,19 +26,20 @@ PLOTS = Path("plots/pretrain")
 @stage("pretrain")
 def main(params: config.Params) -> None:
     """Train (embedded) or verify (paper) the pretrained parts."""
-    if params.profile == "paper" and not tracking.is_main():
+    verifying = params.pretrain.mode == "verify"
+    if verifying and not tracking.is_main():
         return
     PLOTS.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run("pretrain", params):
-        if params.profile == "paper":
-            metrics = {"verified": 1, **pretrain.verify_folders(params, OUT)}
+        if verifying:
+            metrics = {"verified": 1, **verify.verify_folders(params, DATA, OUT, PLOTS)}
         else:
             metrics = pretrain.train_parts(params, DATA, OUT, CKPT, PLOTS, LATENTS)
         if not tracking.is_main():  # accelerate launch: the main process saved the parts; it checks and logs
             return
         tracking.record("pretrain", metrics, METRICS, sorted(PLOTS.glob("*")))
         clear_checkpoints(CKPT)
-        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k not in ('lm_samples', 'vision_samples')})}")
+        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k not in ('lm_samples', 'vision_samples')}, default=str)}")
 
 
 if __name__ == "__main__":

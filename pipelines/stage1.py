@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import autoencoder, components, config, data, latents, plots, tracking
+from vlv import autoencoder, components, config, data, fingerprints, latents, plots, tracking
 from vlv.autoencoder import VLVAutoencoder, conditioning_report
 from vlv.cli import stage
 from vlv.train import clear_checkpoints, fingerprint, spec_from, train
@@ -48,7 +48,8 @@ def main(params: config.Params) -> None:
             mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
                                "stage1.vision_source": model.encoder.vision_source})
         run = train(model, images, spec_from(s, "stage1", params.seed), CKPT,
-                    fingerprint(params.components, s.model_dump(exclude={"eval"}), data.manifest_hash(DATA), params.seed),
+                    fingerprint(params.components, fingerprints.of_components(params, ("t2i", "vision")),
+                                s.model_dump(exclude={"eval"}), data.manifest_hash(DATA), params.seed),
                     log=tracking.metric_logger("stage1"))
         if not tracking.is_main():  # accelerate launch: the main process saves, evaluates and logs
             return

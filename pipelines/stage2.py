@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import captioner, components, config, cost, data, plots, tracking, world
+from vlv import captioner, components, config, cost, data, fingerprints, plots, tracking, world
 from vlv.captioner import caption_batches
 from vlv.cli import stage
 from vlv.errors import VLVError
@@ -45,8 +45,9 @@ def main(params: config.Params) -> None:
         if tracking.is_main():
             mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
                                "stage2.pairs_used": len(train_set)})
-        fp = fingerprint(params.components, s, params.stage1.num_queries, params.stage1.trainable,
-                         data.manifest_hash(DATA), params.seed, s.init == "stage1" and data.folder_hash(STAGE1))
+        fp = fingerprint(params.components, fingerprints.of_components(params, ("t2i", "vision", "llm")), s,
+                         params.stage1.num_queries, params.stage1.trainable, data.manifest_hash(DATA), params.seed,
+                         s.init == "stage1" and fingerprints.content_hash(STAGE1))
         run = train(model, train_set, spec_from(s, "stage2", params.seed), CKPT, fp, log=tracking.metric_logger("stage2"))
         if not tracking.is_main():  # accelerate launch: the main process saves, evaluates and logs
             return

@@ -86,10 +86,13 @@ def test_llm_folder_round_trip_and_errors(tmp_path):
 def test_florence_pretrained_as_a_captioner_saves_a_folder_that_components_vision_loads(tmp_path):
     """The embedded pretrain's Florence-2: trained through the class's own forward, it learns to
     caption (here: overfits two scenes), and its folder loads through load_vision into a VLV encoder."""
-    tok = vocab.qwen2_tokenizer(CAPTIONS)
+    tok = vocab.florence_tokenizer(vocab.qwen2_tokenizer(CAPTIONS))
     torch.manual_seed(0)
     florence = components.build_vision("florence2-tiny", tok)
-    assert florence.model.config.image_token_id == len(tok) and florence.prompt_ids == tok(components.TASK_PROMPT).input_ids
+    # the task prompt is what Florence-2's own processor table makes of <MORE_DETAILED_CAPTION>, between begin and end
+    prompt = "Describe with a paragraph what is shown in the image."
+    assert florence.model.config.image_token_id == tok.image_token_id == len(tok) - 1
+    assert florence.prompt_ids == [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids, tok.eos_token_id]
     objective = pretrain.FlorenceCaptionObjective(florence, tok)
     scenes = world.sample_scenes(3, 2)
     batch = {"pixel_values": torch.stack([torch.from_numpy(world.render(s)).permute(2, 0, 1).float() / 127.5 - 1 for s in scenes]),
@@ -102,9 +105,17 @@ def test_florence_pretrained_as_a_captioner_saves_a_folder_that_components_visio
     assert loss.item() < 0.05 * first
     assert objective.caption(batch["pixel_values"]) == batch["caption"]
 
-    folder = components.save_vision(florence, tok, tmp_path / "vision")
+    folder = components.save_vision(florence, tmp_path / "vision")
+    assert (folder / "processor_config.json").is_file() and not (folder / "preprocessor_config.json").exists()  # as transformers 5 saves
     loaded = components.load_vision(folder)
     assert (loaded.image_size, loaded.prompt_ids, loaded.source) == (32, florence.prompt_ids, str(folder))
+    assert (loaded.image_mean, loaded.image_std) == (florence.image_mean, florence.image_std)
+    assert components.load_vision(folder, task="<CAPTION>").prompt_ids != loaded.prompt_ids
+    with pytest.raises(VLVError, match="task '<NOPE>' is not one of the processor's tasks without inputs: <OCR>"):
+        components.load_vision(folder, task="<NOPE>")
+    (folder / "processor_config.json").unlink()
+    with pytest.raises(VLVError, match=r"no image-processor settings \(looked for preprocessor_config.json and processor_config.json\)"):
+        components.load_vision(folder)
     assert pretrain.FlorenceCaptionObjective(loaded, tok).caption(batch["pixel_values"]) == batch["caption"]
     enc = autoencoder.VLVEncoder(loaded, 4, 64)
     assert enc(batch["pixel_values"]).shape == (2, 4, 64)

@@ -1,6 +1,7 @@
 """Typed params: every file validates; every bad value fails with one line naming the key."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,41 @@ def test_paper_profile_holds_the_paper_recipe():
     assert p.prepare.image_size == 384
     for folder in (p.components.t2i, p.components.vision, p.components.llm):
         assert folder.startswith("/"), "paper parts come from local folders"
+
+
+def overlaid(tmp_path, edit) -> tuple[config.Params, str | None]:
+    """params.yaml with ``edit`` applied, loaded beside a copy of profiles/."""
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return config.load_with_note(tmp_path / "params.yaml")
+
+
+def test_profile_paper_overlays_the_recipe_and_params_yaml_changes_win(tmp_path):
+    def edit(raw):
+        raw["profile"] = "paper"
+        raw["stage1"]["steps"] = 4                  # changed from the default: wins over the profile
+        raw["components"]["t2i"] = "/my/sd"
+    p, note = overlaid(tmp_path, edit)
+    paper = config.load(ROOT / "profiles/paper.yaml")
+    assert (p.stage1.steps, p.components.t2i) == (4, "/my/sd")
+    assert p.model_copy(update={"stage1": paper.stage1, "components": paper.components}) == paper
+    assert p.stage1.num_queries == 77 and p.stage2.precision == "bf16" and p.pretrain.mode == "verify"
+    assert "profile paper" in note and "overrides components.t2i, stage1.steps" in note
+    embedded, none = overlaid(tmp_path / "e", lambda raw: None)
+    assert embedded == config.Params() and none is None
+
+
+def test_a_bad_profile_is_one_line(tmp_path):
+    with pytest.raises(ParamsError, match=r"profile: 'papr' has no file .*profiles here: embedded, paper$"):
+        overlaid(tmp_path, lambda raw: raw.update(profile="papr"))
+    (tmp_path / "b").mkdir()
+    shutil.copytree(ROOT / "profiles", tmp_path / "b" / "profiles")
+    (tmp_path / "b" / "profiles" / "odd.yaml").write_text("seed: 3\n")
+    (tmp_path / "b" / "params.yaml").write_text("profile: odd\n")
+    with pytest.raises(ParamsError, match="seed: a profile overlays sections"):
+        config.load(tmp_path / "b" / "params.yaml")
 
 
 def test_defaults_equal_params_yaml():
@@ -68,7 +104,7 @@ def test_skipping_the_vision_pretraining_needs_another_vision_folder():
     msg = str(info.value)
     assert "\n" not in msg and "components.vision: models/pretrained/vision is written by pretrain" in msg and "null" in msg
     assert config.validate({"pretrain": {"vision": {"steps": 0}}, "components": {"vision": None}}).components.vision is None
-    assert config.validate({"profile": "paper", "pretrain": {"vision": {"steps": 0}}}).profile == "paper"  # paper: folders verified, nothing trained
+    assert config.validate({"pretrain": {"mode": "verify", "vision": {"steps": 0}}}).pretrain.mode == "verify"  # verify: nothing trained
 
 
 @pytest.mark.parametrize(

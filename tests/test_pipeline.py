@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dvc_stages
 import pandas as pd
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["dvc.yaml", "params.yaml", "pipelines", "src", "benchmarks/throughput.csv", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
+COPY = ["dvc.yaml", "params.yaml", "profiles", "pipelines", "src", "benchmarks/throughput.csv", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
 
 
 def sh(cmd, cwd, env, timeout=600):
@@ -51,7 +52,7 @@ def shrink(params: dict) -> None:
     params["prepare"]["splits"] = {"images": 0.6, "pairs": 0.2, "val": 0.1, "test": 0.1}
     params["tracking"]["system_metrics_interval_s"] = 1
     tiny = {"global_batch": 8, "checkpoint_every": 0, "log_every": 2}
-    params["pretrain"] = {"vae": {"steps": 3, **tiny}, "clip": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
+    params["pretrain"] = {"mode": "train", "vae": {"steps": 3, **tiny}, "clip": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
                           "vision": {"steps": 3, **tiny, "val_images": 4}, "classifier": {"steps": 3, **tiny}, "eval": {"prompts": 4, "steps": 2}}
     params["stage1"] = {**params["stage1"], "steps": 40, "global_batch": 8, "checkpoint_every": 4, "log_every": 4,
                         "eval": {"images": 8, "noise_draws": 1, "recon_images": 2, "recon_steps": 2, "guidance_scale": 2.0}}
@@ -148,7 +149,12 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert "| stage1 | this pipeline |" in text and "No throughput record of the paper architecture" in text
     assert (d / "plots/cost_report/usd_per_stage.png").stat().st_size > 1000
 
-    # nothing changed -> nothing re-runs
+    # every stage wrote every out, metric and plot dvc.yaml declares
+    missing = [f"{name}: {path}" for name, stage in dvc_stages.stages(d).items() for path in dvc_stages.written(stage)
+               if not (d / path).exists()]
+    assert not missing, missing
+
+    # nothing changed -> nothing re-runs (the components stage always runs; its fingerprints are the same)
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
     assert len(runs(d)) == 6
     assert "didn't change" in r.stdout or "is cached" in r.stdout or "up to date" in r.stdout

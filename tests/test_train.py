@@ -133,3 +133,14 @@ def test_cosine_schedule_decays_to_min_lr_ratio_over_the_steps_run(ratio):
     assert lrs[55] == pytest.approx(2.0 * (ratio + (1 - ratio) * 0.5))  # cosine midpoint
     assert min(lrs[10:]) >= 2.0 * ratio - 1e-9
     assert sched.get_last_lr()[0] == pytest.approx(2.0 * ratio, abs=1e-9)  # the end: the floor
+
+
+def test_the_launcher_comes_from_the_environment():
+    from vlv import launch
+
+    assert launch.command(["pipelines/stage1.py"], "") == [sys.executable, "pipelines/stage1.py"]
+    assert launch.command(["pipelines/stage1.py"], "accelerate launch --multi_gpu --num_processes 8") == [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "8", "pipelines/stage1.py"]
+    two_nodes = 'srun --nodes 2 bash -c "accelerate launch --machine_rank $SLURM_NODEID {script}"'
+    assert launch.command(["pipelines/stage1.py"], two_nodes) == [
+        "srun", "--nodes", "2", "bash", "-c", "accelerate launch --machine_rank $SLURM_NODEID pipelines/stage1.py"]

@@ -81,7 +81,7 @@ class VLVEncoder(nn.Module):
         self.register_buffer("prompt_ids", torch.tensor(vision.prompt_ids, dtype=torch.long), persistent=False)
         self.register_buffer("mean", torch.tensor(vision.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(vision.image_std).view(1, 3, 1, 1), persistent=False)
-        self.image_size, self.vision_source = vision.image_size, vision.source
+        self.image_size, self.vision_source, self.task = vision.image_size, vision.source, vision.task
 
     @property
     def num_queries(self) -> int:
@@ -132,26 +132,29 @@ class VLVEncoder(nn.Module):
             "num_queries": self.num_queries, "out_dim": self.projection[-1].out_features,
             "prompt_ids": self.prompt_ids.tolist(), "image_size": self.image_size,
             "image_mean": self.mean.flatten().tolist(), "image_std": self.std.flatten().tolist(),
-            "vision_source": self.vision_source, **(extra or {}),
+            "vision_source": self.vision_source, "task": self.task, **(extra or {}),
         }
         (folder / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "VLVEncoder":
+    def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "VLVEncoder":
         from transformers import Florence2ForConditionalGeneration
 
         folder = Path(folder)
         if not (folder / ENCODER_CONFIG).is_file() or not (folder / ENCODER_HEAD).is_file():
             raise VLVError(f"{folder}: not a VLV encoder folder ({ENCODER_CONFIG}, {ENCODER_HEAD}, florence/); run the stage1 stage first")
         cfg = json.loads((folder / ENCODER_CONFIG).read_text())
-        florence = Florence2ForConditionalGeneration.from_pretrained(folder / "florence", use_safetensors=True, local_files_only=True)
-        vision = VisionParts(florence, cfg["prompt_ids"], cfg["image_size"], cfg["image_mean"], cfg["image_std"], cfg["vision_source"])
+        florence = Florence2ForConditionalGeneration.from_pretrained(folder / "florence", use_safetensors=True, local_files_only=True,
+                                                                     dtype=dtype)
+        vision = VisionParts(florence, cfg["prompt_ids"], cfg["image_size"], cfg["image_mean"], cfg["image_std"], cfg["vision_source"],
+                             task=cfg.get("task", "<MORE_DETAILED_CAPTION>"))
         enc = cls(vision, cfg["num_queries"], cfg["out_dim"])
         head = load_file(str(folder / ENCODER_HEAD))
         with torch.no_grad():
             enc.queries.copy_(head.pop("queries"))
             enc.projection.load_state_dict({k.removeprefix("projection."): v for k, v in head.items()})
+        enc.to(dtype)
         enc.config = cfg
         return enc
 
@@ -259,9 +262,10 @@ def build(params) -> VLVAutoencoder:
     from . import components
 
     c, s = params.components, params.stage1
-    t2i = components.load_t2i(c.t2i)
+    dtype = components.DTYPES[s.weights_dtype]
+    t2i = components.load_t2i(c.t2i, dtype=dtype)
     torch.manual_seed(params.seed)
-    vision = components.vision(c.vision, c.vision_card)
+    vision = components.vision(c.vision, c.vision_card, c.vision_task, dtype)
     encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size))
     encoder.set_trainable(s.trainable)
     return VLVAutoencoder(encoder, t2i, seed=params.seed)

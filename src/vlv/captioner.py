@@ -145,7 +145,7 @@ class Captioner(nn.Module):
             raise VLVError(f"{folder}: not a captioner folder (missing {', '.join(missing)}); run the stage2 stage "
                            f"(dvc repro stage2) or pass --model with a captioner folder")
         cfg = json.loads((folder / CONFIG).read_text())
-        st = dict(use_safetensors=True, local_files_only=True)
+        st = dict(use_safetensors=True, local_files_only=True, dtype=torch.float32)
         model = cls(
             VLVEncoder.load(folder / "encoder"),
             CLIPTextModel.from_pretrained(folder / "clip", **st),
@@ -172,13 +172,14 @@ def build(params, encoder: VLVEncoder | None = None, stage1_dir: str | Path = "m
     from . import components
 
     c, s = params.components, params.stage2
-    text_encoder, clip_tokenizer = components.load_text_encoder(c.t2i)
-    llm = components.load_llm(c.llm)
+    dtype = components.DTYPES[s.weights_dtype]
+    text_encoder, clip_tokenizer = components.load_text_encoder(c.t2i, dtype=dtype)
+    llm = components.load_llm(c.llm, dtype=dtype)
     torch.manual_seed(params.seed)
     if encoder is None and s.init == "stage1":
-        encoder = VLVEncoder.load(stage1_dir)
+        encoder = VLVEncoder.load(stage1_dir, dtype=dtype)
     elif encoder is None:  # the no-stage-1 ablation: components.vision's Florence-2, fresh queries and projection
-        encoder = VLVEncoder(components.vision(c.vision, c.vision_card), params.stage1.num_queries,
+        encoder = VLVEncoder(components.vision(c.vision, c.vision_card, c.vision_task, dtype), params.stage1.num_queries,
                              int(text_encoder.config.hidden_size))
         encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
     model = Captioner(encoder, text_encoder, clip_tokenizer, llm.model, llm.tokenizer, s.max_caption_tokens)

@@ -37,7 +37,10 @@ def stage(name: str, main_only: bool = False) -> Callable:
             if main_only and not tracking.is_main():
                 return
             try:
-                fn(config.load(args.params))
+                params, note = config.load_with_note(args.params)
+                if note and tracking.is_main():
+                    print(f"{name}: {note}", file=sys.stderr)
+                fn(params)
             except VLVError as err:
                 fail(f"{name}: {err}")
             except KeyboardInterrupt:
@@ -51,8 +54,10 @@ def stage(name: str, main_only: bool = False) -> Callable:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_params(args: argparse.Namespace) -> None:
-    params = config.load(args.params)
+    params, note = config.load_with_note(args.params)
     config.check_sweep(params, args.params)
+    if note:
+        print(note, file=sys.stderr)
     if args.show:
         for key, value in config.flatten(config.dump(params)).items():
             print(f"{key}: {value}")

@@ -88,6 +88,8 @@ class Components(Section):
     t2i: str = Field("models/pretrained/t2i", description="diffusers folder (stable-diffusion-2-1-base layout)")
     vision: str | None = Field(VISION_FOLDER, description="Florence-2 folder (embedded: pretrain writes it); null = random weights from vision_card")
     vision_card: str = "florence2-tiny"
+    vision_task: str = Field("<MORE_DETAILED_CAPTION>", pattern=r"^<[A-Z_]+>$",
+                             description="Florence-2 task token; its prompt comes from the processor's own table")
     llm: str = Field("models/pretrained/llm", description="transformers causal-LM folder")
     classifier: str | None = Field("models/pretrained/classifier", description="shapes-world attribute classifier (evaluate); null = none")
 
@@ -115,11 +117,21 @@ class Loop(Section):
     steps: PosInt = 100
     global_batch: PosInt = 32
     micro_batch: PosInt | None = Field(None, description="per process; null = global_batch / processes (no accumulation)")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="compute: fp32, or bf16 autocast over fp32 weights")
+    weights_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="dtype the weights are loaded and updated in; bf16 halves their memory but AdamW "
+                            "updates smaller than bf16's resolution are lost (a warning says so)")
     optim: Optim = Optim(lr=1e-3)
     checkpoint_every: NonNegInt = Field(100, description="steps between checkpoints; 0 = only at the end")
     log_every: PosInt = 10
     num_workers: NonNegInt = 0
+
+    @model_validator(mode="after")
+    def _bf16_weights_need_bf16_compute(self) -> "Loop":
+        if self.weights_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError("weights_dtype bf16 needs precision bf16 (fp32 compute on bf16 weights mixes dtypes); "
+                             "set precision: bf16, or weights_dtype: fp32")
+        return self
 
 
 class VAELoop(Loop):
@@ -180,8 +192,11 @@ class PretrainEval(Section):
 
 
 class Pretrain(Section):
-    """Embedded profile only: train the parts the paper downloads (saved as HF folders)."""
+    """``mode: train`` (embedded): train the parts the paper downloads, saved as HF folders.
+    ``mode: verify`` (paper): load the component folders and run one tiny batch through every
+    part, so that a broken or mismatched folder fails in the first minute."""
 
+    mode: Literal["train", "verify"] = "train"
     vae: VAELoop = VAELoop()
     clip: ClipLoop = ClipLoop()
     teacher: TeacherLoop = TeacherLoop()
@@ -338,7 +353,8 @@ class Sweep(Section):
 
 class Params(Section):
     seed: NonNegInt = 0
-    profile: Literal["embedded", "paper"] = "embedded"
+    profile: str = Field("embedded", pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                         description="embedded (params.yaml as it is) or the name of a file in profiles/ overlaid on it")
     prepare: Prepare = Prepare()
     components: Components = Components()
     pretrain: Pretrain = Pretrain()
@@ -351,7 +367,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _vision_folder_is_written(self) -> "Params":
-        if self.profile == "embedded" and self.pretrain.vision.steps == 0 and self.components.vision == VISION_FOLDER:
+        if self.pretrain.mode == "train" and self.pretrain.vision.steps == 0 and self.components.vision == VISION_FOLDER:
             raise ValueError(f"components.vision: {VISION_FOLDER} is written by pretrain, but pretrain.vision.steps is 0; "
                              "set components.vision to another Florence-2 folder, or null for random weights from the card")
         return self
@@ -359,22 +375,119 @@ class Params(Section):
 
 # ------------------------------------------------------------------------------ loading
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; raise ParamsError (one line) on any problem."""
+    """Read and validate a params file (with its profile overlaid); raise ParamsError (one line) on any problem."""
+    return load_with_note(path)[0]
+
+
+def load_with_note(path: str | Path = "params.yaml") -> tuple[Params, str | None]:
+    """``load``, plus one line saying what the profile overlaid (None when it overlaid nothing).
+
+    Profiles: ``profile: NAME`` overlays ``profiles/NAME.yaml`` (beside the params file) on the
+    schema's defaults, and then every value params.yaml changes from those defaults wins over
+    the profile. So ``dvc exp run -S profile=paper -S stage1.steps=4`` runs the paper recipe
+    with 4 stage-1 steps, and params.yaml itself stays the embedded default. A value in
+    params.yaml equal to the default does not override the profile: change it in the profile
+    file (``-S profiles/paper.yaml:stage1.steps=250``)."""
     path = Path(path)
+    raw = _read_yaml(path, "params file")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    name = raw.get("profile", "embedded")
+    folder = path.parent if path.parent.name == "profiles" else path.parent / "profiles"  # a profile file read directly
+    profile_file = folder / f"{name}.yaml"
+    if not isinstance(name, str) or (name != "embedded" and not profile_file.is_file()):
+        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        raise ParamsError(f"{path}: profile: {name!r} has no file {profile_file}; profiles here: {', '.join(known) or 'none'}")
+    if not profile_file.is_file():
+        return validate(raw, source=str(path)), None
+    overlay = _read_yaml(profile_file, "profile file")
+    if not isinstance(overlay, dict):
+        raise ParamsError(f"{profile_file}: expected a mapping of sections at the top level, got {type(overlay).__name__}")
+    for key, value in overlay.items():
+        if key == "profile" and value != name:
+            raise ParamsError(f"{profile_file}: profile: {value!r} but the file is profile {name!r}; make them the same")
+        if key != "profile" and not isinstance(value, dict):
+            raise ParamsError(f"{profile_file}: {key}: a profile overlays sections ({', '.join(SECTIONS)}); "
+                              f"set {key} in {path.name} instead")
+    defaults = Params().model_dump(mode="json")
+    changes = _changed(raw, defaults)
+    merged = _merged(_merged(defaults, {k: v for k, v in overlay.items() if k != "profile"}), changes)
+    params = validate(merged, source=f"{path} + {profile_file}")
+    set_by_profile = set(flatten({k: v for k, v in overlay.items() if k != "profile"}))
+    won = sorted(k for k in flatten(changes) if k in set_by_profile)
+    if not set_by_profile:
+        return params, None
+    note = f"profile {name}: {len(set_by_profile)} values from {profile_file}"
+    if won:
+        note += f"; {path.name} overrides {', '.join(won)}"
+    return params, note
+
+
+SECTIONS = ("prepare", "components", "pretrain", "stage1", "stage2", "evaluate", "tracking", "cost", "sweep")
+
+
+def _read_yaml(path: Path, what: str) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found; run from the project root or pass --params") from None
+        raise ParamsError(f"{path}: {what} not found; run from the project root or pass --params") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: {what} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
-        raise ParamsError(f"{path}: cannot read params file ({err.strerror})") from None
+        raise ParamsError(f"{path}: cannot read {what} ({err.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ParamsError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
-    return validate(raw or {}, source=str(path))
+
+
+def _section(model: Any, key: str) -> Any:
+    """The sub-model class of field ``key`` of ``model`` when it is a section, else None (a leaf,
+    also for mapping-valued params such as sweep.space, which are replaced whole)."""
+    field = model.model_fields.get(key) if model is not None else None
+    annotation = field.annotation if field is not None else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _changed(raw: dict, defaults: dict, model: Any = None) -> dict:
+    """The part of ``raw`` that differs from ``defaults``."""
+    model = model or Params
+    out: dict = {}
+    for key, value in raw.items():
+        sub_model, base = _section(model, key), defaults.get(key)
+        if sub_model is not None and isinstance(value, dict) and isinstance(base, dict):
+            sub = _changed(value, base, sub_model)
+            if sub:
+                out[key] = sub
+        elif key not in defaults or _plain(value) != _plain(base):
+            out[key] = value
+    return out
+
+
+def _plain(x: Any) -> Any:
+    """YAML and JSON spellings of one value compare equal (tuples as lists, ints as floats)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, (int, float)):
+        return float(x)
+    return x
+
+
+def _merged(base: dict, top: dict, model: Any = None) -> dict:
+    model = model or Params
+    out = dict(base)
+    for key, value in top.items():
+        sub_model = _section(model, key)
+        nested = sub_model is not None and isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value, sub_model) if nested else value
+    return out
 
 
 def validate(raw: Any, source: str = "params") -> Params:

@@ -94,3 +94,17 @@ def cost_bars(usd: dict[str, float], budget: float, path: str | Path, title: str
     ax.set_title(title.replace("$", r"\$"), fontsize=10)  # "$" would start mathtext
     fig.tight_layout()
     return _save(fig, path)
+
+
+def bars(values: dict[str, float], path: str | Path, title: str, ylabel: str) -> Path:
+    """One bar per named value, annotated."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    rects = ax.bar(list(values), list(values.values()), color="tab:blue")
+    for r, v in zip(rects, values.values()):
+        ax.annotate(f"{v:.4g}", (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -316,22 +316,6 @@ def lm_check(model, tokenizer, starts: Sequence[str] = ("a small red", "a large 
 
 
 # ------------------------------------------------------------------------------ stage
-def verify_folders(params: Params, out: Path) -> dict:
-    """Paper profile: the three local folders load (nothing is trained); sizes for the record."""
-    c = params.components
-    t2i = components.load_t2i(c.t2i)
-    vis = components.vision(c.vision, c.vision_card)
-    llm = components.load_llm(c.llm)
-    sizes = {
-        "t2i_unet_params": components.param_count(t2i.unet),
-        "vision_params": components.param_count(vis.model),
-        "llm_params": components.param_count(llm.model),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "VERIFIED.json").write_text(json.dumps({"t2i": c.t2i, "vision": c.vision, "llm": c.llm, **sizes}, indent=2) + "\n")
-    return sizes
-
-
 def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_dir: Path,
                 latent_cache: Path | None = None) -> dict:
     """Embedded profile: train, save and check the T2I decoder and the caption LM."""
@@ -393,13 +377,14 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     vision_report, vision_run = {}, None
     if p.vision.steps:
         torch.manual_seed(seed)
-        florence = components.build_vision(params.components.vision_card, tok)
-        objective = FlorenceCaptionObjective(florence, tok)
+        vision_tok = vocab.florence_tokenizer(tok)
+        florence = components.build_vision(params.components.vision_card, vision_tok, params.components.vision_task)
+        objective = FlorenceCaptionObjective(florence, vision_tok)
         vision_run = runs["vision"] = train(
             objective, dataset, spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
             fingerprint(params.components.vision_card, p.vision, data_hash, seed), log=tracking.metric_logger("pretrain/vision"))
         if main:
-            components.save_vision(florence, tok, tmp / "vision")
+            components.save_vision(florence, tmp / "vision")
             n = min(p.vision.val_images, len(val))
             captions = objective.caption(val_x[:n])
             scores = world.score(captions, val.rows["caption"].tolist()[:n]) if world_captions else {}

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from . import config, cost, data, tracking, world
+from . import config, cost, data, fingerprints, tracking, world
 from .errors import VLVError
 
 DATA = Path("data/prepared")
@@ -190,7 +190,8 @@ def train_trial(trial, p: config.Params, work: Path, val_set) -> float:
     images = data.ShardDataset(DATA, "images")
     images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="sweep: latents"))
     train(model, images, spec_from(p.stage1, "stage1", p.seed), work / "stage1",
-          fingerprint(p.components, p.stage1.model_dump(exclude={"eval"}), data_hash, p.seed),
+          fingerprint(p.components, fingerprints.of_components(p, ("t2i", "vision")), p.stage1.model_dump(exclude={"eval"}),
+                      data_hash, p.seed),
           log=tracking.metric_logger("stage1"))
     if s.objective == "stage1_loss":
         report = autoencoder.conditioning_report(model, val, len(val), 1, p.seed)
@@ -224,8 +225,8 @@ def train_captioner(trial, p: config.Params, cap, work: Path, data_hash: str, x,
         if trial.should_prune():
             raise optuna.TrialPruned(f"val accuracy {value:.3f} at stage-2 step {done}")
 
-    fp = fingerprint(p.components, p.stage2, p.stage1.num_queries, p.stage1.trainable, data_hash, p.seed,
-                     p.stage1.model_dump(exclude={"eval"}))
+    fp = fingerprint(p.components, fingerprints.of_components(p, ("t2i", "vision", "llm")), p.stage2, p.stage1.num_queries,
+                     p.stage1.trainable, data_hash, p.seed, p.stage1.model_dump(exclude={"eval"}))
     train(cap, pairs, spec_from(p.stage2, "stage2", p.seed), work / "stage2", fp,
           log=tracking.metric_logger("stage2"), on_step=report)
     value = val_accuracy(cap, x, refs, p)

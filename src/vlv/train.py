@@ -57,6 +57,7 @@ class LoopSpec:
     micro_batch: int
     optim: Optim
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    weights_dtype: str = "fp32"  # fp32 | bf16: the dtype the trainable weights are held and updated in
     seed: int = 0
     checkpoint_every: int = 0  # 0 = only at the end
     log_every: int = 10
@@ -78,24 +79,32 @@ class Result:
 
 # ----------------------------------------------------------------------------- processes
 _ACCELERATOR = None
+MIXED = {"fp32": "no", "bf16": "bf16"}  # a stage's precision -> Accelerate's mixed_precision
 
 
-def accelerator():
-    """The process's Accelerator (created once; DDP over gloo on CPU, NCCL on GPUs)."""
+def accelerator(precision: str | None = None):
+    """The process's Accelerator (created once; DDP over gloo on CPU, NCCL on GPUs), with the
+    mixed precision of the first stage that asks (its params decide, not a launcher flag: DVC
+    records params). ``accelerate launch --mixed_precision X`` that disagrees gets one line."""
     global _ACCELERATOR
     if _ACCELERATOR is None:
         from accelerate import Accelerator
 
-        _ACCELERATOR = Accelerator(mixed_precision="no")
+        mixed = MIXED[precision or "fp32"]
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        if launched and launched != mixed and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: accelerate launch --mixed_precision {launched} is not used: the stage's params say precision "
+                  f"{precision or 'fp32'} (set it with -S <stage>.precision=...)")
+        _ACCELERATOR = Accelerator(mixed_precision=mixed)
     return _ACCELERATOR
 
 
 def spec_from(section, name: str, seed: int) -> LoopSpec:
     """A LoopSpec from a params section (config.Loop); micro_batch null = no accumulation."""
-    world = accelerator().num_processes
+    world = accelerator(section.precision).num_processes
     micro = section.micro_batch or max(1, section.global_batch // world)
     return LoopSpec(name=name, steps=section.steps, global_batch=section.global_batch, micro_batch=micro,
-                    optim=section.optim, precision=section.precision, seed=seed,
+                    optim=section.optim, precision=section.precision, weights_dtype=section.weights_dtype, seed=seed,
                     checkpoint_every=section.checkpoint_every, log_every=section.log_every,
                     num_workers=section.num_workers)
 
@@ -260,6 +269,21 @@ def _schedule(optimizer, optim: Optim, steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
+def _weights_dtype(model: torch.nn.Module, spec: LoopSpec, main: bool) -> None:
+    """Trainable weights are fp32 master weights unless ``weights_dtype`` says bf16 (explicit, warned)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if spec.weights_dtype == "bf16":
+        if main:
+            print(f"warning: {spec.name}.weights_dtype bf16: the weights are held and updated in bf16 (half the memory), "
+                  f"so AdamW updates smaller than bf16's resolution are lost; fp32 keeps them")
+        model.to(torch.bfloat16)
+        return
+    wrong = sorted({str(p.dtype).removeprefix("torch.") for p in trainable if p.dtype != torch.float32})
+    if wrong:
+        raise VLVError(f"{spec.name}: trainable weights are {', '.join(wrong)}, not the float32 master weights "
+                       f"weights_dtype fp32 asks for; load the parts with dtype=torch.float32")
+
+
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -285,6 +309,10 @@ def train(
         raise VLVError(f"{spec.name}: on_step callbacks run in one process only (got {acc.num_processes})")
     ckpt_dir = Path(ckpt_dir)
     accum = accumulation(spec, acc.num_processes)
+    if acc.num_processes > 1 and acc.mixed_precision != MIXED[spec.precision]:
+        raise VLVError(f"{spec.name}: precision {spec.precision}, but this process's Accelerator was made for "
+                       f"mixed precision {acc.mixed_precision!r}; run loops of other precisions in their own process")
+    _weights_dtype(model, spec, acc.is_main_process)
     groups = _param_groups(model, spec.optim)
     # lr=optim.lr is the default of every group that names none (torch's own default is 1e-3)
     optimizer = torch.optim.AdamW(groups, lr=spec.optim.lr, betas=spec.optim.betas, weight_decay=spec.optim.weight_decay)

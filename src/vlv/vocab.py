@@ -51,3 +51,15 @@ def qwen2_tokenizer(corpus: Iterable[str], vocab_size: int = 512, max_length: in
             d, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
             model_max_length=max_length,
         )
+
+
+def florence_tokenizer(lm_tokenizer, image_token: str = "<image>"):
+    """The embedded Florence-2's tokenizer: the LM's vocabulary plus what Florence-2's processor
+    needs of a tokenizer: a named image token and a begin token (end-of-text here, as the Qwen2
+    vocabulary has no other)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        lm_tokenizer.save_pretrained(d)
+        return AutoTokenizer.from_pretrained(d, bos_token=lm_tokenizer.eos_token,
+                                             extra_special_tokens={"image_token": image_token})
