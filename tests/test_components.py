@@ -79,6 +79,9 @@ def test_llm_folder_round_trip_and_errors(tmp_path):
     tok.save_pretrained(tmp_path / "llm")
     parts = components.load_llm(tmp_path / "llm")
     assert type(parts.model).__name__ == "Qwen2ForCausalLM" and parts.tokenizer.eos_token == "<|endoftext|>"
+    lm.to(torch.bfloat16).save_pretrained(tmp_path / "llm", safe_serialization=True)  # stored bf16, as Qwen2.5 is
+    assert {p.dtype for p in components.load_llm(tmp_path / "llm").model.parameters()} == {torch.float32}
+    assert {p.dtype for p in components.load_llm(tmp_path / "llm", dtype=torch.bfloat16).model.parameters()} == {torch.bfloat16}
     with pytest.raises(VLVError, match="components.llm=.*folder not found"):
         components.load_llm(tmp_path / "nope")
 

@@ -144,3 +144,15 @@ def test_the_launcher_comes_from_the_environment():
     two_nodes = 'srun --nodes 2 bash -c "accelerate launch --machine_rank $SLURM_NODEID {script}"'
     assert launch.command(["pipelines/stage1.py"], two_nodes) == [
         "srun", "--nodes", "2", "bash", "-c", "accelerate launch --machine_rank $SLURM_NODEID pipelines/stage1.py"]
+
+
+def test_weights_are_fp32_master_weights_unless_bf16_is_asked(tmp_path, capsys):
+    """A part that arrives in bf16 (transformers 5 keeps a checkpoint's stored dtype) is refused
+    under weights_dtype fp32; weights_dtype bf16 is explicit and warned."""
+    with pytest.raises(VLVError, match="trainable weights are bfloat16, not the float32 master weights"):
+        train(loop_toy.Regressor().to(torch.bfloat16), loop_toy.Points(), loop_toy.spec(steps=1), tmp_path / "a", "x", progress=False)
+    model = loop_toy.Regressor()
+    spec = loop_toy.spec(steps=2, precision="bf16", weights_dtype="bf16")
+    train(model, loop_toy.Points(), spec, tmp_path / "b", "x", progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert "AdamW updates smaller than bf16's resolution are lost" in capsys.readouterr().out

@@ -84,7 +84,7 @@ def verify_folders(params: Params, data_root: Path, out: Path, plots_dir: Path) 
         with _autocast(s1.precision, device):
             loss = model({"pixel_values": x, "sample_id": torch.arange(len(x))})
         loss.float().backward()
-        return float(loss)
+        return float(loss.detach())
 
     losses["stage1_denoising"] = _check("stage 1 batch (Florence-2 -> CLIP -> UNet)", c.vision, stage1_loss)
     _grads("stage 1", model.encoder)
@@ -109,7 +109,7 @@ def verify_folders(params: Params, data_root: Path, out: Path, plots_dir: Path) 
         with _autocast(s2.precision, device):
             loss = cap.loss(y, ids, mask)
         loss.float().backward()
-        return float(loss)
+        return float(loss.detach())
 
     losses["stage2_caption"] = _check("stage 2 batch (encoder -> CLIP -> MLP -> LLM)", c.llm, stage2_loss)
     _grads("stage 2 LLM", cap.llm if "llm" in s2.trainable else cap.mlp)
