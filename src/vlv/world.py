@@ -259,3 +259,144 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     out["exact"] = total["exact"] / n if n else 0.0
     out["parsed"] = total["parsed"] / n if n else 0.0
     return out
+
+
+# ------------------------------------------------------------------------------ reading
+# An analytic reader of the spec: pixels -> Attributes, no learning. It reads any picture of
+# the world (this renderer's, an anti-aliased or blurred one, another library's, a generated
+# sample) and is what "the teacher paints the caption" and "the reconstruction shows the scene"
+# are measured with, beside the learnt attribute classifier.
+_PALETTE = np.array([*BACKGROUNDS.values(), *COLOURS.values()], dtype=np.float32)
+_N_BG = len(BACKGROUNDS)
+READ_FIELDS = ("background", "count", "colour", "shape", "size", "position")
+
+
+def _shape_masks(shape: str, dx: np.ndarray, dy: np.ndarray, extents: np.ndarray) -> np.ndarray:
+    """Masks (one per extent) of a spec shape centred at the origin of the offsets dx, dy."""
+    half = extents[:, None, None] / 2
+    if shape == "circle":
+        return dx * dx + dy * dy <= half * half
+    if shape == "square":
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    depth = dy + half
+    return (depth >= 0) & (depth <= 2 * half) & (np.abs(dx) <= depth / 2)
+
+
+def _split_by_cells(mask: np.ndarray, size: int) -> list[np.ndarray]:
+    """A component spanning more than one cell's width is two touching objects: split it along
+    the grid lines, one part per cell it covers."""
+    ys, xs = np.nonzero(mask)
+    if xs.max() - xs.min() + 1 <= 0.4 * size and ys.max() - ys.min() + 1 <= 0.4 * size:
+        return [mask]
+    third = size / 3
+    cells = (np.floor((ys + 0.5) / third).clip(0, 2) * 3 + np.floor((xs + 0.5) / third).clip(0, 2)).astype(int)
+    parts = []
+    for c in np.unique(cells):
+        part = np.zeros_like(mask)
+        part[ys[cells == c], xs[cells == c]] = True
+        parts.append(part)
+    return parts
+
+
+def read_image(image: np.ndarray, min_area: float = 0.008) -> Attributes:
+    """Read a picture of the world back into Attributes (objects in reading order).
+
+    Background: the spec background nearest to the image border's median colour. Objects: the
+    pixels nearer to an object colour than to that background, split into 8-connected parts of
+    one colour (parts under ``min_area`` x S^2 pixels are noise); each part's colour is the spec
+    colour nearest to its median pixel, its cell the grid cell of its bounding-box centre (the
+    centre of every spec shape), and its shape and size those of the spec shape, drawn at that
+    centre, that overlaps it best (intersection over union).
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float32)[..., :3]
+    s = img.shape[0]
+    if img.ndim != 3 or img.shape[1] != s:
+        raise ValueError(f"expected an S x S x 3 image, got shape {image.shape}")
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    bg_index = int(np.argmin(((_PALETTE[:_N_BG] - np.median(border, axis=0)) ** 2).sum(-1)))
+    background = list(BACKGROUNDS)[bg_index]
+    candidates = np.concatenate([_PALETTE[bg_index : bg_index + 1], _PALETTE[_N_BG:]])
+    nearest = np.argmin(((img[:, :, None, :] - candidates[None, None]) ** 2).sum(-1), axis=-1)  # 0 = background
+    found: list[tuple[int, Obj]] = []
+    for colour_index in range(1, len(candidates)):
+        labels, n = ndimage.label(nearest == colour_index, structure=np.ones((3, 3)))
+        for k in range(1, n + 1):
+            for part in _split_by_cells(labels == k, s):
+                area = int(part.sum())
+                if area < min_area * s * s:
+                    continue
+                found.append((area, _read_part(img, part, candidates, s)))
+    # one object per cell: a cell's largest part wins (the rest is spill of the same object)
+    by_cell: dict[int, tuple[int, Obj]] = {}
+    for area, obj in found:
+        if obj.cell not in by_cell or area > by_cell[obj.cell][0]:
+            by_cell[obj.cell] = (area, obj)
+    objects = tuple(by_cell[c][1] for c in sorted(by_cell))
+    return Attributes(objects, background)
+
+
+def _read_part(img: np.ndarray, part: np.ndarray, candidates: np.ndarray, s: int) -> Obj:
+    ys, xs = np.nonzero(part)
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    col, row = int(np.clip(cx // (s / 3), 0, 2)), int(np.clip(cy // (s / 3), 0, 2))
+    median = np.median(img[ys, xs], axis=0)
+    colour = list(COLOURS)[int(np.argmin(((candidates[1:] - median) ** 2).sum(-1)))]
+    # each spec shape drawn at the part's box centre over a range of extents: the best overlap
+    # names the shape, its extent the size (the threshold halfway between small and large)
+    pad = int(np.ceil(0.12 * s))  # a window around the part, wide enough for the largest extent tried
+    y0, x0 = max(0, ys.min() - pad), max(0, xs.min() - pad)
+    part = part[y0 : ys.max() + pad + 1, x0 : xs.max() + pad + 1]
+    gy, gx = np.mgrid[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]].astype(np.float64) + 0.5
+    extents = np.linspace(0.12, 0.42, 31) * s
+    best_shape, best_iou, best_extent = SHAPES[0], -1.0, 0.0
+    for shape in SHAPES:
+        for ox in (-0.5, 0.0, 0.5):  # the box centre is off by up to a pixel where edges are thin
+            for oy in (-1.0, -0.5, 0.0, 0.5, 1.0):
+                masks = _shape_masks(shape, gx - cx - ox, gy - cy - oy, extents)
+                iou = (masks & part).sum((1, 2)) / np.maximum(1, (masks | part).sum((1, 2)))
+                i = int(iou.argmax())
+                if iou[i] > best_iou:
+                    best_shape, best_iou, best_extent = shape, float(iou[i]), float(extents[i])
+    size = "small" if best_extent < (SIZES["small"] + SIZES["large"]) / 2 * s else "large"
+    return Obj(best_shape, colour, size, POSITIONS[row * 3 + col])
+
+
+def agreement(read: Attributes, truth: Attributes) -> dict[str, float]:
+    """Per-field agreement of a picture read back (``read_image``) with what it should show.
+
+    ``background`` and ``count`` are 0 or 1; the object fields are the share of the truth's
+    objects whose field the matched read object has (objects matched one to one so that the
+    fewest fields differ; an unmatched truth object misses all four). ``mean`` averages the six.
+    """
+    from itertools import permutations
+
+    fields = ("colour", "shape", "size", "position")
+    truth_objs, read_objs = list(truth.objects), list(read.objects)
+    best = [0.0] * len(fields)
+    k = min(len(truth_objs), len(read_objs))
+    for chosen in permutations(range(len(read_objs)), k):
+        for order in permutations(range(len(truth_objs)), k):
+            got = [sum(getattr(truth_objs[t], f) == getattr(read_objs[r], f) for t, r in zip(order, chosen)) for f in fields]
+            if sum(got) > sum(best):
+                best = got
+    out = {"background": float(read.background == truth.background), "count": float(len(read_objs) == len(truth_objs))}
+    out |= {f: v / len(truth_objs) for f, v in zip(fields, best)}
+    out["mean"] = sum(out[f] for f in READ_FIELDS) / len(READ_FIELDS)
+    return out
+
+
+def agreement_scores(reads: Sequence[Attributes], truths: Sequence[Attributes]) -> dict[str, float]:
+    """``agreement`` aggregated: object fields over all truth objects, the rest over images."""
+    if len(reads) != len(truths):
+        raise ValueError(f"{len(reads)} reads for {len(truths)} truths")
+    totals = dict.fromkeys(READ_FIELDS, 0.0)
+    n_obj = sum(len(t.objects) for t in truths)
+    for r, t in zip(reads, truths):
+        a = agreement(r, t)
+        for f in READ_FIELDS:
+            totals[f] += a[f] * (len(t.objects) if f in ("colour", "shape", "size", "position") else 1)
+    out = {f: totals[f] / (n_obj if f in ("colour", "shape", "size", "position") else max(1, len(truths))) for f in READ_FIELDS}
+    out["mean"] = sum(out[f] for f in READ_FIELDS) / len(READ_FIELDS)
+    return out
