@@ -35,7 +35,8 @@ def main(params: config.Params) -> None:
         refs = test.rows["caption"].tolist()
         cfg = model.config
         predicted = caption_batches(model, x, cfg["num_beams"], cfg["max_new_tokens"], e.batch_size, desc="caption test")
-        metrics: dict = {"images": len(test), "num_beams": cfg["num_beams"], "caption": evaluation.caption_scores(predicted, refs, e.meteor)}
+        metrics: dict = {"images": len(test), "num_beams": cfg["num_beams"], "caption": evaluation.caption_scores(predicted, refs, e.meteor),
+                         "reads": {"eval": data.reads(test)}}  # test captions as references: evaluation, nothing trained
         table = pd.DataFrame({"id": test.rows["id"], "reference": refs, "prediction": predicted})
 
         is_world = all(world.try_parse(r) is not None for r in refs)

@@ -1,7 +1,8 @@
 """DVC stage `pretrain`: the parts the paper downloads, trained on the shapes world.
 
 `pretrain.mode: train` (embedded profile): trains the T2I decoder (VAE, CLIP text encoder +
-tokenizer, UNet), the caption LM and the Florence-2 vision encoder (as a captioner), saves them
+tokenizer, UNet), the caption LM, the attribute classifier (all on the `web` split) and the
+Florence-2 vision encoder (as a captioner, on web captions until issue 20 item 2), saves them
 as standard HF folders under models/pretrained/, and checks them (colour check through
 StableDiffusionPipeline, LM continuations, Florence-2's own val captions).
 `pretrain.mode: verify` (paper profile): loads the component folders and runs one tiny batch
@@ -18,7 +19,7 @@ from vlv.train import clear_checkpoints
 DATA = Path("data/prepared")
 OUT = Path("models/pretrained")
 CKPT = Path("checkpoints/pretrain")
-LATENTS = Path("cache/latents")  # the VAE's latents of the images split, read again by stage 1
+LATENTS = Path("cache/latents")  # the VAE's latents of the web split (the teacher's corpus)
 METRICS = Path("metrics/pretrain.json")
 PLOTS = Path("plots/pretrain")
 
@@ -39,7 +40,7 @@ def main(params: config.Params) -> None:
             return
         tracking.record("pretrain", metrics, METRICS, sorted(PLOTS.glob("*")))
         clear_checkpoints(CKPT)
-        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k not in ('lm_samples', 'vision_samples')}, default=str)}")
+        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k not in ('lm_samples', 'vision_samples', 'reads')}, default=str)}")
 
 
 if __name__ == "__main__":

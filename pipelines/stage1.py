@@ -23,6 +23,15 @@ METRICS = Path("metrics/stage1.json")
 PLOTS = Path("plots/stage1")
 
 
+def open_data(params: config.Params) -> dict[str, data.ShardDataset]:
+    """What stage 1 reads: "stage1", the images split without captions (it trains on images
+    only); "eval", the val images it scores with their captions (the conditioning report's
+    caption condition and the reconstruction grid: references, never trained on)."""
+    e = params.stage1.eval
+    return {"stage1": data.ShardDataset(DATA, "images"),
+            "eval": data.ShardDataset(DATA, "val", captions=True, limit=max(e.images, e.recon_images))}
+
+
 def reconstruction_grid(model: VLVAutoencoder, val, params: config.Params) -> Path:
     e = params.stage1.eval
     items = [val[i] for i in range(min(e.recon_images, len(val)))]
@@ -41,8 +50,9 @@ def main(params: config.Params) -> None:
     """Train the VLV encoder against the frozen diffusion decoder."""
     s = params.stage1
     with tracking.stage_run("stage1", params):
+        opened = open_data(params)
         model = autoencoder.build(params)
-        images = data.ShardDataset(DATA, "images")  # no captions: stage 1 sees images only
+        images = opened["stage1"]  # no captions: stage 1 sees images only
         images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="stage1: encode latents"))
         if tracking.is_main():
             mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
@@ -55,13 +65,14 @@ def main(params: config.Params) -> None:
             return
         model.encoder.save(OUT, extra={"t2i": params.components.t2i, "resolution": params.prepare.image_size})
 
-        val = data.ShardDataset(DATA, "val", captions=True)
+        val = opened["eval"]
         report = conditioning_report(model, val, s.eval.images, s.eval.noise_draws, params.seed)
         PLOTS.mkdir(parents=True, exist_ok=True)
         plots.loss_curves({"stage 1 denoising loss": run.losses}, PLOTS / "loss.png", title="stage 1")
         reconstruction_grid(model, val, params)
         metrics = {**report, "final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
-                   "samples": run.samples, "samples_per_second": run.samples / run.seconds if run.seconds else 0.0}
+                   "samples": run.samples, "samples_per_second": run.samples / run.seconds if run.seconds else 0.0,
+                   "reads": {part: data.reads(ds) for part, ds in opened.items()}}
         tracking.record("stage1", metrics, METRICS, sorted(PLOTS.glob("*.png")), prefix="stage1/val")
         clear_checkpoints(CKPT)
         print(

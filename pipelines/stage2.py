@@ -35,12 +35,19 @@ def pairs(params: config.Params) -> data.ShardDataset:
     return ds
 
 
+def open_data(params: config.Params) -> dict[str, data.ShardDataset]:
+    """What stage 2 reads: "stage2", the pairs it trains on (the captioning side's only
+    captions); "eval", the val images whose captions score it (references, never trained on)."""
+    return {"stage2": pairs(params), "eval": data.ShardDataset(DATA, "val", captions=True, limit=params.stage2.val_images)}
+
+
 @stage("stage2")
 def main(params: config.Params) -> None:
     """Train the captioner (VLV encoder -> CLIP -> MLP -> LLM) on the pairs split."""
     s = params.stage2
     with tracking.stage_run("stage2", params):
-        train_set = pairs(params)  # fails before any compute when num_pairs is too large
+        opened = open_data(params)  # fails before any compute when num_pairs is too large
+        train_set = opened["stage2"]
         model = captioner.build(params, stage1_dir=STAGE1)
         if tracking.is_main():
             mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
@@ -56,12 +63,13 @@ def main(params: config.Params) -> None:
                    trainable=s.trainable, init=s.init, pairs=len(train_set), t2i=params.components.t2i)
         data.replace_folder(tmp, OUT)
 
-        val = data.ShardDataset(DATA, "val", captions=True, limit=s.val_images)
+        val = opened["eval"]
         x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
         predicted = caption_batches(model, x, s.num_beams, s.max_new_tokens, desc="stage2 val")
         refs = val.rows["caption"].tolist()
         metrics: dict = {"final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
                          "samples": run.samples, "pairs": len(train_set),
+                         "reads": {part: data.reads(ds) for part, ds in opened.items()},
                          "samples_per_second": run.samples / run.seconds if run.seconds else 0.0}
         if all(world.try_parse(r) is not None for r in refs):
             metrics["val"] = world.score(predicted, refs)

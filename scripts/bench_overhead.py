@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vlv-overhead-") as tmp:
         tmp = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-        data.prepare(config.validate({"seed": 0, "prepare": {"num_images": 2000}}), tmp / "prepared", progress=False)
+        data.prepare(config.validate({"seed": 0, "prepare": {"num_images": 2000, "web_images": 0}}), tmp / "prepared", progress=False)
         template = build(params)
         images = data.ShardDataset(tmp / "prepared", "images")
         dataset = latents.WithLatents(images, *latents.encode(template.vae, images, desc="latents"))

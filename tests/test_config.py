@@ -82,6 +82,8 @@ def test_defaults_equal_params_yaml():
         ({"prepare": {"sourc": "folder"}}, "prepare.sourc", "allowed keys here: source"),
         ({"prepare": {"source": "s3"}}, "prepare.source", "'synthetic', 'folder', 'parquet' or 'webdataset'"),
         ({"prepare": {"source": "folder"}}, "prepare", "needs prepare.path"),
+        ({"prepare": {"source": "folder", "path": "in"}}, "prepare", "web_images 20000 needs source synthetic"),
+        ({"prepare": {"web_images": -1}}, "prepare.web_images", "greater than or equal to 0"),
         ({"stage1": {"steps": "many"}}, "stage1.steps", "valid integer"),
         ({"stage2": {"trainable": "all"}}, "stage2.trainable", "'mlp', 'mlp+llm' or 'mlp+llm+encoder'"),
         ({"prepare": {"composite_background": [0, 0, 300]}}, "prepare.composite_background.2", "less than or equal to 255"),

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlv import world
+from vlv import data, world
 from vlv.config import validate
 from vlv.data import SPLIT_NAMES, Reject, ShardDataset, decode, prepare
 from vlv.errors import VLVError
@@ -34,7 +34,7 @@ BG = (10, 200, 30)  # prepare.composite_background: not the default, so a hard-c
 
 # --------------------------------------------------------------------------- helpers
 def make_params(source: str, path=None, seed: int = 0, **prepare_kw):
-    raw = {"source": source, "min_side": 8, "image_size": 32, **prepare_kw}
+    raw = {"source": source, "min_side": 8, "image_size": 32, "web_images": 0, **prepare_kw}
     if path is not None:
         raw["path"] = str(path)
     return validate({"seed": seed, "prepare": raw})
@@ -656,3 +656,33 @@ def test_shard_dataset_captions_only_when_asked(synthetic_run):
         item = ds[i]
         index = int(item["id"].removeprefix("syn-"))
         assert item["caption"] == world.scene_at(params.seed, index, 32).caption()
+
+
+# ------------------------------------------------------------------------------ web split
+def test_web_split_is_its_own_scene_stream_and_leaves_the_main_splits_alone(synthetic_run, tmp_path):
+    params, _, _, manifest, _, _ = synthetic_run  # the same params with web_images 0
+    out = tmp_path / "out"
+    summary, with_web, _, info = run(make_params("synthetic", num_images=200, image_size=32, shard_size=64, web_images=50), out)
+    main = with_web[with_web["split"] != "web"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(main, manifest)  # same rows, splits, shards and offsets
+    web = with_web[with_web["split"] == "web"]
+    assert len(web) == info["splits"]["web"] == summary.splits["web"] == 50 and info["accepted"] == 250
+    assert web["id"].str.startswith("web-").all() and web["caption"].notna().all()
+    assert not set(web["sha256"]) & set(main["sha256"]), "disjoint by content"
+    ds = ShardDataset(out, "web", captions=True)
+    assert len(ds) == 50 and ds.split == "web"
+    for i in range(0, 50, 7):
+        item = ds[i]
+        scene = world.web_scene_at(params.seed, int(item["id"].removeprefix("web-")), 32)
+        back = ((item["pixel_values"].permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
+        assert (back == scene.render()).all() and item["caption"] == scene.caption()
+    assert data.reads(ds) == {"split": "web", "images": 50, "captions": 50}
+    assert data.reads(ShardDataset(out, "images"), images=False) == {"split": "images", "images": 0, "captions": 0}
+
+
+def test_a_web_scene_equal_to_a_main_one_is_a_rejected_duplicate(tmp_path):
+    # at 8 px scenes repeat often, so some web scenes draw a picture that a main split holds
+    _, manifest, rejected, _ = run(make_params("synthetic", num_images=200, image_size=8, web_images=100), tmp_path / "out")
+    across = rejected[rejected["source"].str.contains(" web ") & rejected["detail"].str.contains(r"as shapes-world seed=0 index=")]
+    assert len(across) > 0 and (across["reason"] == "duplicate").all()
+    assert (manifest["split"] == "web").sum() == 100 and manifest["sha256"].is_unique

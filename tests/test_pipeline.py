@@ -49,6 +49,7 @@ def copy_project(d: Path, edit=None) -> tuple[Path, dict]:
 def shrink(params: dict) -> None:
     """Params small enough for the test suite (seconds per stage)."""
     params["prepare"]["num_images"] = 300
+    params["prepare"]["web_images"] = 120  # the downloaded parts' corpus (pretrain)
     params["prepare"]["splits"] = {"images": 0.6, "pairs": 0.2, "val": 0.1, "test": 0.1}
     params["tracking"]["system_metrics_interval_s"] = 1
     tiny = {"global_batch": 8, "checkpoint_every": 0, "log_every": 2}
@@ -92,14 +93,14 @@ def runs(project_dir):
 def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     d, env = project
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
-    assert "prepare: 300 accepted" in r.stdout + r.stderr
+    assert "prepare: 420 accepted (images 180, pairs 60, val 30, test 30, web 120)" in r.stdout + r.stderr
     manifest = pd.read_parquet(d / "data/prepared/manifest.parquet")
-    assert len(manifest) == 300 and manifest["id"].is_unique
-    assert manifest["split"].value_counts().to_dict() == {"images": 180, "pairs": 60, "val": 30, "test": 30}
+    assert len(manifest) == 420 and manifest["id"].is_unique
+    assert manifest["split"].value_counts().to_dict() == {"images": 180, "pairs": 60, "val": 30, "test": 30, "web": 120}
     assert manifest["caption"].notna().all() and manifest["sha256"].is_unique
     metrics = json.loads((d / "metrics/prepare.json").read_text())
     rejected = pd.read_csv(d / "data/prepared/rejected.csv")
-    assert metrics["accepted"] == 300 and metrics["rejected"] == len(rejected)
+    assert metrics["accepted"] == 420 and metrics["rejected"] == len(rejected) and metrics["splits"]["web"] == 120
     assert (d / "plots/prepare/samples.png").stat().st_size > 1000
 
     by_stage = {r["tags"]["vlv.stage"]: r for r in runs(d)}
@@ -108,7 +109,7 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     run = by_stage["prepare"]
     head = sh(["git", "rev-parse", "HEAD"], d, env).stdout.strip()
     assert run["tags"]["vlv.git_commit"] == head and len(run["tags"]["vlv.pipeline_id"]) == 12
-    assert run["metrics"]["prepare/accepted"] == 300
+    assert run["metrics"]["prepare/accepted"] == 420
     assert any(k.startswith("system/") for k in run["metrics"]), "system metrics are on"
     art = list((d / "mlruns" / "artifacts").rglob("rejected.csv"))
     assert len(art) == 1
@@ -124,6 +125,21 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert {"loss_vlv", "loss_uncond", "loss_caption", "loss_shuffled", "distillation_gap"} <= set(s1)
     assert (d / "plots/stage1/reconstructions.png").stat().st_size > 1000
     assert not (d / "checkpoints/stage1").exists(), "checkpoints are cleared once the stage is done"
+
+    # the caption budget: each part's record says what it read (tests/test_budget.py checks the code paths)
+    web, web_text = {"split": "web", "images": 120, "captions": 120}, {"split": "web", "images": 0, "captions": 120}
+    assert {k: v for k, v in pre["reads"].items() if k != "vision"} == {
+        "vae": {**web, "captions": 0}, "clip": web, "teacher": web, "llm": web_text, "classifier": web,
+        "eval": {"split": "val", "images": 30, "captions": 30}}
+    assert {k: v for k, v in pre["reads"]["vision"].items() if k != "note"} == web, "issue 20 item 2 changes this"
+    assert s1["reads"] == {"stage1": {"split": "images", "images": 180, "captions": 0}, "eval": {"split": "val", "images": 8, "captions": 8}}
+    s2 = json.loads((d / "metrics/stage2.json").read_text())
+    assert s2["reads"]["stage2"] == {"split": "pairs", "images": 60, "captions": 60} and s2["reads"]["eval"]["split"] == "val"
+    assert json.loads((d / "metrics/evaluate.json").read_text())["reads"] == {"eval": {"split": "test", "images": 10, "captions": 10}}
+    params_of = {r["tags"]["vlv.stage"]: r["id"] for r in runs(d)}
+    with sqlite3.connect(d / "mlruns" / "mlflow.db") as con:
+        logged = dict(con.execute("select key, value from params where run_uuid=? and key like 'reads.%'", (params_of["stage1"],)).fetchall())
+    assert logged["reads.stage1.split"] == "images" and logged["reads.stage1.captions"] == "0"
 
     # stage 2 wrote a captioner folder; evaluate scored it with every metric family
     assert (d / "models/captioner/captioner.json").is_file() and (d / "models/pretrained/classifier/heads.safetensors").is_file()
@@ -451,7 +467,7 @@ def test_dvc_exp_run_with_a_set_param(project):
     sh([sys.executable, "-m", "dvc", "exp", "run", "-n", "small", "-S", "prepare.num_images=200", "prepare"], d, env)
     last = runs(d)[-1]
     assert last["tags"]["vlv.dvc_exp"] == "small"
-    assert last["metrics"]["prepare/accepted"] == 200
-    assert len(pd.read_parquet(d / "data/prepared/manifest.parquet")) == 200
+    assert last["metrics"]["prepare/accepted"] == 200 + 120  # num_images counts the main splits; web aside
+    assert len(pd.read_parquet(d / "data/prepared/manifest.parquet")) == 320
     show = sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], d, env).stdout
     assert '"small"' in show

@@ -107,3 +107,15 @@ def test_pipeline_id_is_shared_by_the_children_of_one_dvc_process(tmp_path):
     second = subprocess.run([str(fake)], env=env, capture_output=True, text=True, timeout=120).stdout.split()
     assert len(first) == 2 and first[0] == first[1]
     assert len(second) == 2 and second[0] == second[1] and second[0] != first[0]
+
+
+def test_record_logs_what_each_part_read_as_params(store, tmp_path):
+    params = config.validate({"tracking": {"system_metrics": False}})
+    reads = {"stage2": {"split": "pairs", "images": 60, "captions": 60}, "eval": {"split": "val", "images": 8, "captions": 8}}
+    with tracking.stage_run("stage2", params) as run:
+        tracking.record("stage2", {"final_train_loss": 1.5, "reads": reads}, tmp_path / "m.json")
+    got = mlflow.get_run(run.info.run_id).data
+    assert got.params["reads.stage2.split"] == "pairs" and got.params["reads.stage2.captions"] == "60"
+    assert got.params["reads.eval.split"] == "val" and got.params["reads.eval.images"] == "8"
+    assert got.metrics["stage2/final_train_loss"] == 1.5 and not any("reads" in k for k in got.metrics)
+    assert '"reads"' in (tmp_path / "m.json").read_text()

@@ -34,7 +34,8 @@ class Splits(Section):
     """Shares of the accepted inputs; they must sum to 1.
 
     ``images`` feed stage 1 without captions, ``pairs`` (captioned only) feed stage 2,
-    ``val`` and ``test`` are held out.
+    ``val`` and ``test`` are held out. The ``web`` split (the downloaded parts' corpus) is
+    not a share: ``prepare.web_images`` more images from their own scene stream.
     """
 
     images: Fraction = 0.87
@@ -53,7 +54,10 @@ class Splits(Section):
 class Prepare(Section):
     source: Literal["synthetic", "folder", "parquet", "webdataset"] = "synthetic"
     path: str | None = Field(None, description="input folder, parquet file/folder, or folder/glob of .tar shards")
-    num_images: PosInt = Field(20000, description="synthetic only: accepted images to render")
+    num_images: PosInt = Field(20000, description="synthetic only: accepted images to render (the images/pairs/val/test splits)")
+    web_images: NonNegInt = Field(
+        20000, description="synthetic only: images of the web split, rendered from their own scene stream (disjoint "
+                           "from the other splits): the corpus of the parts the paper downloads (T2I, LM, classifier)")
     image_size: Annotated[int, Field(ge=8, le=4096)] = 32
     splits: Splits = Splits()
     min_side: PosInt = Field(16, description="reject inputs whose short side is smaller")
@@ -69,6 +73,9 @@ class Prepare(Section):
     def _path_for_source(self) -> "Prepare":
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs prepare.path (the input to ingest)")
+        if self.source != "synthetic" and self.web_images:
+            raise ValueError(f"web_images {self.web_images} needs source synthetic (got {self.source!r}): the web split is "
+                             "rendered from the shapes world; with real data the paper downloads those parts; set prepare.web_images: 0")
         return self
 
 

@@ -45,7 +45,7 @@ MANIFEST_COLUMNS = [
     "id", "split", "shard", "offset", "width", "height",
     "src_width", "src_height", "src_mode", "sha256", "caption", "attributes", "source",
 ]
-SPLIT_NAMES = ("images", "pairs", "val", "test")
+SPLIT_NAMES = ("images", "pairs", "val", "test", "web")  # web: prepare.web_images, the downloaded parts' corpus
 SHARD_DIR = "shards"
 
 
@@ -214,26 +214,37 @@ def prepare(params: Params, out: str | Path, progress: bool = True) -> Summary:
     writer = ShardWriter(tmp, p.image_size * p.image_size * 3, p.shard_size)
     summary = Summary()
     rejected: list[Rejection] = list(found.rejected)
-    rows: list[dict] = []
     seen: dict[str, str] = {}
-    bar = tqdm(total=target or found.total, desc="prepare", unit="img", disable=not progress)
-    for item in found.items:
-        if target is not None and len(rows) >= target:
-            break
-        try:
-            row = _accept(item, p, seen)
-        except Reject as r:
-            rejected.append(Rejection(item.source, r.reason, r.detail))
-            if target is None:
-                bar.update()
-            continue
-        row["shard"], row["offset"] = writer.add(row.pop("pixels"))
-        rows.append(row)
-        bar.update()
+    bar = tqdm(total=(target + p.web_images) if target else found.total, desc="prepare", unit="img", disable=not progress)
+
+    def take(items, target: int | None) -> list[dict]:
+        """Accepted rows of ``items`` (up to ``target``), through the one ``seen`` (sha256 dedup)."""
+        rows: list[dict] = []
+        for item in items:
+            if target is not None and len(rows) >= target:
+                break
+            try:
+                row = _accept(item, p, seen)
+            except Reject as r:
+                rejected.append(Rejection(item.source, r.reason, r.detail))
+                if target is None:
+                    bar.update()
+                continue
+            row["shard"], row["offset"] = writer.add(row.pop("pixels"))
+            rows.append(row)
+            bar.update()
+        return rows
+
+    rows = take(found.items, target)
+    # the web split: its own scene stream, after the main one, so that a web picture equal to a
+    # main one is the duplicate (rejected) and the main splits do not depend on web_images
+    web_rows = take(sources.synthetic(params.seed, p.image_size, 4 * p.web_images, stream="web").items, p.web_images) if p.web_images else []
     bar.close()
     writer.close()
     if target is not None and len(rows) < target:
         raise VLVError(f"prepare.num_images={target}: only {len(rows)} distinct scenes were rendered; lower it")
+    if len(web_rows) < p.web_images:
+        raise VLVError(f"prepare.web_images={p.web_images}: only {len(web_rows)} distinct web scenes were rendered; lower it")
     if not rows:
         shutil.rmtree(tmp, ignore_errors=True)
         reasons = ", ".join(f"{k} {v}" for k, v in Counter(r.reason for r in rejected).most_common()) or "no inputs found"
@@ -241,6 +252,8 @@ def prepare(params: Params, out: str | Path, progress: bool = True) -> Summary:
 
     manifest = pd.DataFrame(rows)
     manifest["split"] = assign_splits(manifest, p, params.seed)
+    if web_rows:
+        manifest = pd.concat([manifest, pd.DataFrame(web_rows).assign(split="web")], ignore_index=True)
     manifest = manifest[MANIFEST_COLUMNS]
     manifest.to_parquet(tmp / "manifest.parquet", index=False)
     pd.DataFrame([r.__dict__ for r in rejected], columns=["source", "reason", "detail"]).to_csv(
@@ -328,7 +341,8 @@ class ShardDataset:
 
     Returns ``{"pixel_values": float32 3xSxS in [-1, 1], "id": str}``, plus ``"caption"``
     when ``captions=True``. Stage 1 reads the ``images`` split with captions off: it never
-    sees a caption.
+    sees a caption. ``split`` names what was opened (splits joined by "+"); ``reads`` turns
+    it into a part's record.
     """
 
     def __init__(self, root: str | Path, split: str | tuple[str, ...], captions: bool = False, limit: int | None = None):
@@ -343,7 +357,7 @@ class ShardDataset:
             rows = rows.iloc[:limit]
         if captions and rows["caption"].isna().any():
             raise VLVError(f"{self.root}: {int(rows['caption'].isna().sum())} images of split {split} have no caption")
-        self.rows, self.captions = rows, captions
+        self.rows, self.captions, self.split = rows, captions, "+".join(splits)
         # plain arrays for the per-item hot path (a pandas row lookup costs ~50 us)
         self._shard = rows["shard"].to_numpy()
         self._offset = rows["offset"].to_numpy(dtype=np.int64)
@@ -369,6 +383,18 @@ class ShardDataset:
         if self.captions:
             out["caption"] = self._caption[i]
         return out
+
+
+def reads(dataset, images: bool = True) -> dict:
+    """What a part read from the prepared data, for its record (metrics JSON "reads", MLflow
+    params reads.<part>.*): ``{"split": ..., "images": N, "captions": N or 0}``. ``dataset`` is a
+    ShardDataset or wraps one (``.dataset``: latents.WithLatents); ``images=False`` for a part
+    that reads the captions as text only (the LM)."""
+    inner = dataset
+    while not isinstance(inner, ShardDataset):
+        inner = inner.dataset
+    n = len(dataset)
+    return {"split": inner.split, "images": n if images else 0, "captions": n if inner.captions else 0}
 
 
 def sample_grid(root: str | Path, path: str | Path, n: int = 16, split: str = "images") -> Path:

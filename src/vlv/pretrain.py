@@ -8,9 +8,10 @@
 - the vision encoder: Florence-2 (from ``components.vision_card``) trained as Florence-2 was,
   image + task prompt -> caption, with the LM's tokenizer; saved as a transformers Florence-2
   folder that ``components.vision`` names (the paper starts from a pretrained Florence-2-large).
-Each is trained by the shared loop (vlv.train). The corpus is the ``images`` split with
-its captions: in the paper these parts were pretrained on web-scale pairs before VLV ever
-saw them; here the teacher plays that role for the world.
+Each is trained by the shared loop (vlv.train). The corpus is the ``web`` split with its
+captions (``prepare.web_images``, its own images, disjoint from images / pairs / val / test):
+in the paper these parts were pretrained on web-scale pairs before VLV ever saw them. Each
+part's record says what it read (``open_data``, ``data.reads``: metrics "reads").
 """
 
 from __future__ import annotations
@@ -316,11 +317,39 @@ def lm_check(model, tokenizer, starts: Sequence[str] = ("a small red", "a large 
 
 
 # ------------------------------------------------------------------------------ stage
+# What each part trains on: (split, captions). The parts the paper downloads (T2I, LM, the
+# attribute classifier) learn from the web split; the LM reads its captions as text only.
+# The vision encoder belongs to the captioning side, which should read world captions from
+# `pairs` only: its captioning pretext on web captions is the one known exception, said in its
+# record (VISION_NOTE) and held by tests/test_budget.py's strict xfail until item 2 replaces it.
+PART_READS = {"vae": ("web", False), "clip": ("web", True), "teacher": ("web", True), "llm": ("web", True),
+              "classifier": ("web", True), "vision": ("web", True)}
+VISION_NOTE = "captioning pretext on web captions: the captioning side's one read outside pairs (issue 20 item 2)"
+
+
+def open_data(params: Params, data_root: Path, parts: Sequence[str] = tuple(PART_READS)) -> dict[str, data.ShardDataset]:
+    """The dataset each of ``parts`` trains on (one ShardDataset per (split, captions), shared)."""
+    opened: dict[tuple[str, bool], data.ShardDataset] = {}
+    for split, captions in dict.fromkeys(PART_READS[part] for part in parts):
+        opened[split, captions] = ds = data.ShardDataset(data_root, split, captions=captions)
+        if not len(ds):
+            raise VLVError(f"{data_root}: the {split} split is empty, and pretrain.mode train trains the parts the paper "
+                           f"downloads on it; set prepare.web_images (synthetic source) above 0 and run prepare again")
+    return {part: opened[PART_READS[part]] for part in parts}
+
+
+def part_reads(part: str, dataset) -> dict:
+    """``data.reads`` of one part (the LM reads captions only; the vision part carries its note)."""
+    out = data.reads(dataset, images=part != "llm")
+    return {**out, "note": VISION_NOTE} if part == "vision" else out
+
+
 def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_dir: Path,
                 latent_cache: Path | None = None) -> dict:
     """Embedded profile: train, save and check the T2I decoder and the caption LM."""
     p, seed = params.pretrain, params.seed
-    dataset = data.ShardDataset(data_root, "images", captions=True)
+    parts = open_data(params, data_root)
+    dataset = parts["teacher"]  # the web split with its captions (clip, teacher, LM, classifier); tokenizers learn from it
     corpus = dataset.rows["caption"].tolist()
     data_hash = data.manifest_hash(data_root)
     card = cards.load_card("t2i-tiny")
@@ -336,7 +365,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     # "Pipeline time"). save_t2i writes them back in the default layout.
     t2i.vae.to(memory_format=torch.channels_last)
     t2i.unet.to(memory_format=torch.channels_last)
-    vae_run = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), dataset, spec_from(p.vae, "pretrain.vae", seed),
+    vae_run = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), parts["vae"], spec_from(p.vae, "pretrain.vae", seed),
                     ckpt / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
     sample = torch.stack([dataset[i]["pixel_values"] for i in range(min(1024, len(dataset)))])
     t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
@@ -381,7 +410,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         florence = components.build_vision(params.components.vision_card, vision_tok, params.components.vision_task)
         objective = FlorenceCaptionObjective(florence, vision_tok)
         vision_run = runs["vision"] = train(
-            objective, dataset, spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
+            objective, parts["vision"], spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
             fingerprint(params.components.vision_card, p.vision, data_hash, seed), log=tracking.metric_logger("pretrain/vision"))
         if main:
             components.save_vision(florence, tmp / "vision")
@@ -442,4 +471,6 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         **clip_report,
         **vision_report,
         **clf_report,
+        "reads": {**{k: part_reads(k, parts[k]) for k in [*runs, "llm", *(["classifier"] if clf_report else [])]},
+                  "eval": data.reads(val)},
     }

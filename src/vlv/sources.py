@@ -68,15 +68,17 @@ def unsafe_name(name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- synthetic
-def synthetic(seed: int, size: int, limit: int) -> Scan:
-    """Shapes-world scenes seed/0, seed/1, ... (the caller stops when it has enough)."""
+def synthetic(seed: int, size: int, limit: int, stream: str = "main") -> Scan:
+    """Shapes-world scenes seed/0, seed/1, ... (the caller stops when it has enough); stream
+    "web": the web split's own scenes (world.web_scene_at), keys web-NNNNNNN."""
+    at, prefix, name = (world.scene_at, "syn", "") if stream == "main" else (world.web_scene_at, "web", " web")
 
     def gen() -> Iterator[Item]:
         for i in range(limit):
-            scene = world.scene_at(seed, i, size)
+            scene = at(seed, i, size)
             yield Item(
-                source=f"shapes-world seed={seed} index={i}",
-                key=f"syn-{i:07d}",
+                source=f"shapes-world seed={seed}{name} index={i}",
+                key=f"{prefix}-{i:07d}",
                 pixels=scene.render(),
                 caption=scene.caption(),
                 attributes=scene.attributes.to_dict(),

@@ -253,7 +253,9 @@ def metric_logger(prefix: str):
 
 def record(stage: str, metrics: dict, metrics_path: str | Path, artifacts=(), prefix: str | None = None) -> None:
     """Write a stage's metrics JSON (for `dvc metrics`) and log the numeric ones (dotted,
-    under ``prefix``) plus ``artifacts`` (files) to the active MLflow run."""
+    under ``prefix``) plus ``artifacts`` (files) to the active MLflow run. ``metrics["reads"]``
+    (part -> data.reads: what each part read of which split) goes to MLflow as params
+    ``reads.<part>.<split|images|captions>``, not as metrics."""
     import json
 
     import mlflow
@@ -269,9 +271,11 @@ def record(stage: str, metrics: dict, metrics_path: str | Path, artifacts=(), pr
     path = Path(metrics_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2) + "\n")
+    if "reads" in metrics:
+        mlflow.log_params({k: str(v) for k, v in flatten({"reads": metrics["reads"]}).items()})
     flat = flatten(metrics)
     prefix = prefix or stage
     mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in flat.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("cost.")})
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("cost.", "reads."))})
     for f in artifacts:
         mlflow.log_artifact(str(f), stage)

@@ -130,6 +130,16 @@ def scene_at(seed: int, index: int, size: int = 32) -> Scene:
     return sample_scene(np.random.default_rng([seed, index]), size)
 
 
+WEB_STREAM = 0x3EB  # names the web split's scene stream: seed sequences [seed, WEB_STREAM, i], never [seed, i]
+
+
+def web_scene_at(seed: int, index: int, size: int = 32) -> Scene:
+    """Scene ``index`` of the web stream: the corpus of the parts the paper downloads (the
+    ``web`` split), drawn from its own seed sequence so that it is not the main stream's
+    scene ``index``; ``prepare`` rejects any web picture equal to a main one (sha256)."""
+    return sample_scene(np.random.default_rng([seed, WEB_STREAM, index]), size)
+
+
 # ---------------------------------------------------------------------------- rendering
 def object_mask(obj: Obj, jitter: Sequence[float], size: int) -> np.ndarray:
     """Boolean S x S mask of the pixels whose centres lie inside the object."""

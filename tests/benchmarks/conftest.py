@@ -40,7 +40,7 @@ def captions() -> list[str]:
 def prepared(tmp_path_factory) -> Path:
     """600 synthetic images through the real `prepare` (shards + manifest), default splits."""
     out = tmp_path_factory.mktemp("bench") / "prepared"
-    data.prepare(config.validate({"seed": 0, "prepare": {"num_images": 600}}), out, progress=False)
+    data.prepare(config.validate({"seed": 0, "prepare": {"num_images": 600, "web_images": 0}}), out, progress=False)
     return out
 
 

@@ -14,7 +14,7 @@ LOADER_BATCHES = 40
 
 def test_prepare_synthetic(benchmark, rate, tmp_path):
     """Render, validate, dedupe, shard and split 300 shapes-world images."""
-    params = config.validate({"seed": 0, "prepare": {"num_images": PREPARE_IMAGES}})
+    params = config.validate({"seed": 0, "prepare": {"num_images": PREPARE_IMAGES, "web_images": 0}})
     summary = benchmark.pedantic(data.prepare, args=(params, tmp_path / "out"), kwargs={"progress": False},
                                  rounds=30, warmup_rounds=2)
     assert summary.accepted == PREPARE_IMAGES
