@@ -59,13 +59,16 @@ def report() -> str:
         "| check | value | chance |",
         "| --- | ---: | ---: |",
         f"| VAE: val MSE | {pre['vae_val_mse']:.4f} | |",
-        f"| VAE: object colour kept in single-object val reconstructions ({pre['vae_val_colour_images']}) | "
-        f"{pct(pre['vae_val_colour_kept'])} | |",
-        f"| text encoder: own image ranked first among the val images | {pct(pre['clip_val_retrieval'])} | "
-        f"{pct(pre['clip_val_retrieval_chance'])} |",
-        f"| teacher: prompted colour dominant ({pre['teacher_colour_prompts']} single-object prompts) | "
-        f"**{pct(pre['teacher_colour_rate'])}** | {pct(pre['teacher_colour_chance'])} |",
-        f"| teacher: prompted background dominant | {pct(pre['teacher_background_rate'])} | {pct(pre['teacher_background_chance'])} |",
+        f"| VAE: val reconstructions read back by the analytic reader (mean of six fields; shape) | "
+        f"{pct(pre['vae_val_reader_mean'])} ({pct(pre['vae_val_reader_shape'])}) | |",
+        *([f"| text encoder: own image ranked first among the val images | {pct(pre['clip_val_retrieval'])} | "
+           f"{pct(pre['clip_val_retrieval_chance'])} |"] if "clip_val_retrieval" in pre else []),
+        f"| teacher: its pictures of {pre['teacher_prompts']} world captions read back by the analytic reader "
+        f"(mean of six fields) | **{pct(pre['teacher_reader_mean'])}** | |",
+        *[f"| teacher, reader: {f} | {pct(pre[f'teacher_reader_{f}'])} | {chance} |" for f, chance in
+          (("background", "33%"), ("count", "50%"), ("colour", "17%"), ("shape", "33%"), ("size", "50%"), ("position", "11%"))],
+        *([f"| teacher: read back by the attribute classifier (mean) | {pct(pre['teacher_classifier_mean'])} | |"]
+          if "teacher_classifier_mean" in pre else []),
         f"| caption LM: grammatical continuations | {pct(pre['lm_grammatical_rate'])} | |",
         f"| attribute classifier: val accuracy | {pct(pre['classifier_val_accuracy'])} | |",
         *([f"| Florence-2 (the vision encoder) captioning {pre['vision_val_images']} val images itself: attribute accuracy "

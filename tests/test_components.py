@@ -241,12 +241,18 @@ def test_conditioning_report_fields(model):
     assert r["gain_vlv"] == pytest.approx(r["loss_uncond"] - r["loss_vlv"], abs=1e-6)
 
 
-def test_dominant_colour_reads_rendered_scenes():
-    scenes = [s for s in world.sample_scenes(3, 300) if len(s.attributes.objects) == 1]
-    hits = [pretrain.dominant_colour(s.render()) == s.attributes.objects[0].colour for s in scenes]
-    assert np.mean(hits) == 1.0
-    assert all(pretrain.dominant_background(s.render()) == s.attributes.background for s in scenes)
-    assert pretrain.dominant_colour(np.zeros((32, 32, 3), np.uint8)) is None
+def test_paint_check_reads_the_saved_folder_back(t2i_folder, tmp_path):
+    """The check loads the folder as a user would (StableDiffusionPipeline), paints world captions and
+    reports every field by the reader; an untrained teacher paints nothing the prompts say."""
+    from vlv import teacher
+
+    check = teacher.paint_check(t2i_folder, n=6, steps=2, guidance_scale=3.0, size=32, seed=0, seed_prompts=2)
+    m = check.metrics()
+    assert check.images.shape == (6, 32, 32, 3) and len(check.prompts) == 6
+    for f in (*world.READ_FIELDS, "mean"):
+        assert 0.0 <= m[f"reader_{f}"] <= 1.0
+    assert m["reader_position"] < 0.5 and 0.0 <= m["seeds_changed"] <= 1.0
+    assert check.grid(tmp_path / "grid.png").stat().st_size > 0
 
 
 def test_contrastive_pretraining_trains_the_t2i_text_encoder_in_place(clip_tok):
@@ -281,9 +287,11 @@ def test_contrastive_pretraining_trains_the_t2i_text_encoder_in_place(clip_tok):
 
 @pytest.mark.parametrize("train_te", [False, True])
 def test_teacher_trains_the_text_encoder_only_when_asked(clip_tok, train_te):
+    from vlv import teacher
+
     torch.manual_seed(0)
     t2i = components.build_t2i("t2i-tiny", clip_tok)
-    obj = pretrain.TeacherObjective(t2i, 0.1, seed=0, train_text_encoder=train_te).train()
+    obj = teacher.TeacherObjective(t2i, 0.1, seed=0, train_text_encoder=train_te).train()
     scenes = world.sample_scenes(4, 4)
     x = torch.from_numpy(np.stack([s.render() for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     obj({"pixel_values": x, "caption": [s.caption() for s in scenes], "sample_id": torch.arange(4)}).backward()

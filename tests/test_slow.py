@@ -21,14 +21,13 @@ def default_project(tmp_path_factory):
     return copy_project(tmp_path_factory.mktemp("default"))
 
 
-def test_default_teacher_draws_the_prompted_colour_far_above_chance(default_project):
+def test_default_teacher_paints_its_prompts(default_project):
     d, env = default_project
     sh([sys.executable, "-m", "dvc", "repro", "pretrain"], d, env, timeout=LIMIT)
     m = json.loads((d / "metrics/pretrain.json").read_text())
-    # "far above chance": at least 3 binomial standard errors of chance above it (with 60 prompts
-    # and chance 1/6: 19 of 60 prompts; the 500-step teacher drew 23 and 25 in two runs)
-    p, n = m["teacher_colour_chance"], m["teacher_colour_prompts"]
-    assert m["teacher_colour_rate"] >= p + 3 * math.sqrt(p * (1 - p) / n), m
+    # read back by the analytic reader: far above chance on the fields a caption alone decides
+    # (chance: colour 1/6, cell 1/9); the default budget's teacher is short, the shipped one is the bar
+    assert m["teacher_reader_colour"] > 0.5 and m["teacher_reader_background"] > 0.9, m
     assert m["lm_grammatical_rate"] == 1.0, m["lm_samples"]
 
 

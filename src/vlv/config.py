@@ -151,16 +151,16 @@ class ClipLoop(Loop):
     """CLIP-style contrastive pretraining of the teacher's text encoder against a tiny ViT
     (SD's text encoder is a frozen, contrastively pretrained CLIP); steps 0 = skip it."""
 
-    steps: NonNegInt = 200
+    steps: NonNegInt = 0
     global_batch: PosInt = 64
     optim: Optim = Optim(lr=1e-3, warmup_steps=30)
 
 
 class TeacherLoop(Loop):
     steps: PosInt = 500
-    global_batch: PosInt = 32
-    optim: Optim = Optim(lr=2e-3, warmup_steps=50)
-    train_text_encoder: bool = Field(False, description="train the text encoder with the UNet (false: frozen, as in SD)")
+    global_batch: PosInt = 64
+    optim: Optim = Optim(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1)
+    train_text_encoder: bool = Field(True, description="train the text encoder with the UNet (false: frozen, as SD's CLIP)")
     caption_dropout: Fraction = 0.1
     high_noise_share: Fraction = Field(0.5, description="share of samples with t from the noisiest part of the schedule")
     high_noise_from: Fraction = Field(0.7, description="where that noisiest part starts, as a share of the timesteps")
@@ -193,9 +193,9 @@ class ClassifierLoop(Loop):
 
 
 class PretrainEval(Section):
-    prompts: PosInt = Field(60, description="single-object prompts for the colour check")
-    steps: PosInt = 20
-    guidance_scale: NonNegFloat = 4.0
+    prompts: PosInt = Field(120, description="world captions the saved teacher paints, read back per field")
+    steps: PosInt = Field(25, description="DDIM steps per picture")
+    guidance_scale: NonNegFloat = 3.0
 
 
 class Pretrain(Section):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,9 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cards, components, data, latents, plots, tracking, vocab, world
+from . import cards, components, data, latents, plots, teacher, tracking, vocab, world
 from .classifier import AttributeClassifier
-from .components import T2IParts
 from .config import Params
 from .errors import VLVError
 from .train import fingerprint, per_sample_randn, sample_generators, spec_from, train
@@ -96,69 +94,6 @@ class ContrastiveTextObjective(nn.Module):
         return float((logits.argmax(1) == torch.arange(len(captions), device=logits.device)).float().mean())
 
 
-class TeacherObjective(nn.Module):
-    """UNet (+ text encoder unless it is frozen) on frozen-VAE latents; captions dropped to
-    "" with probability p (classifier-free guidance)."""
-
-    def __init__(self, t2i: T2IParts, caption_dropout: float, seed: int, snr_gamma: float | None = None,
-                 high_noise_share: float = 0.0, high_noise_from: float = 0.7, train_text_encoder: bool = True):
-        super().__init__()
-        self.snr_gamma, self.high_noise_share, self.high_noise_from = snr_gamma, high_noise_share, high_noise_from
-        self.vae, self.text_encoder, self.unet = t2i.vae, t2i.text_encoder, t2i.unet
-        self.tokenizer, self.scheduler = t2i.tokenizer, t2i.scheduler
-        self.vae.requires_grad_(False)
-        self.train_text_encoder = train_text_encoder
-        self.text_encoder.requires_grad_(train_text_encoder)
-        self.p, self.seed = caption_dropout, seed
-        self.scaling = float(self.vae.config.scaling_factor)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.vae.eval()
-        if not self.train_text_encoder:
-            self.text_encoder.eval()
-        return self
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        x = batch["pixel_values"]
-        gens = sample_generators(batch["sample_id"], self.seed, salt=2)
-        z = latents.draw(*latents.posterior(self.vae, batch), gens, self.scaling)
-        drop = [float(torch.rand((), generator=g)) < self.p for g in gens]
-        captions = ["" if d else c for d, c in zip(drop, batch["caption"])]
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(x.device)
-        cond = self.text_encoder(ids).last_hidden_state  # frozen: requires_grad is off, no graph
-        noise = per_sample_randn(tuple(z.shape[1:]), gens).to(z)
-        t = self.timesteps(gens).to(x.device)
-        noisy = self.scheduler.add_noise(z, noise, t)
-        target = noise if self.scheduler.config.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
-        pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
-        per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
-        return (per_sample * self.loss_weights(t)).mean()
-
-    def timesteps(self, gens: list[torch.Generator]) -> torch.Tensor:
-        """Uniform timesteps, except that a ``high_noise_share`` of samples draw from the
-        noisiest ``1 - high_noise_from`` of the schedule: there the noisy latent no longer
-        shows the layout and only the caption can, so that is where conditioning is learnt."""
-        n = int(self.scheduler.config.num_train_timesteps)
-        lo = int(self.high_noise_from * n)
-        out = []
-        for g in gens:
-            high = float(torch.rand((), generator=g)) < self.high_noise_share
-            out.append(torch.randint(lo if high else 0, n, (), generator=g))
-        return torch.stack(out)
-
-    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-gamma weights (Hang et al., 2023): low-noise steps, where the caption
-        barely matters, stop dominating the loss; 1 everywhere when snr_gamma is None."""
-        if not self.snr_gamma:
-            return torch.ones(t.shape, device=t.device)
-        alpha_bar = self.scheduler.alphas_cumprod.to(t.device)[t]
-        snr = alpha_bar / (1 - alpha_bar)
-        w = torch.clamp(snr, max=self.snr_gamma) / snr
-        return w if self.scheduler.config.prediction_type == "epsilon" else w * snr / (snr + 1)
-
-
 class LMObjective(nn.Module):
     """Causal LM on captions, each followed by end-of-text so the model learns to stop."""
 
@@ -218,87 +153,20 @@ class FlorenceCaptionObjective(nn.Module):
 
 
 # ---------------------------------------------------------------------------- checks
-PALETTE_NAMES = list(world.BACKGROUNDS) + list(world.COLOURS)
-PALETTE = np.array([*world.BACKGROUNDS.values(), *world.COLOURS.values()], dtype=np.float32)
-
-
-def _palette_counts(image: np.ndarray) -> np.ndarray:
-    px = image.reshape(-1, 3).astype(np.float32)
-    nearest = np.argmin(((px[:, None, :] - PALETTE[None]) ** 2).sum(-1), axis=1)
-    return np.bincount(nearest, minlength=len(PALETTE))
-
-
-def dominant_colour(image: np.ndarray, min_pixels: int = 4) -> str | None:
-    """The object colour covering most pixels (nearest spec colour), or None if none does."""
-    counts = _palette_counts(image)[len(world.BACKGROUNDS):]
-    if counts.max() < min_pixels:
-        return None
-    return list(world.COLOURS)[int(counts.argmax())]
-
-
-def dominant_background(image: np.ndarray) -> str:
-    """The background colour covering most pixels (nearest spec colour)."""
-    return list(world.BACKGROUNDS)[int(_palette_counts(image)[: len(world.BACKGROUNDS)].argmax())]
-
-
-def single_object_prompts(n: int, seed: int, size: int) -> list[world.Attributes]:
-    out, i = [], 0
-    while len(out) < n:
-        a = world.scene_at(seed, i, size).attributes
-        i += 1
-        if len(a.objects) == 1:
-            out.append(a)
-    return out
-
-
-@dataclass
-class ColourCheck:
-    rate: float
-    background_rate: float
-    n: int
-    images: np.ndarray  # n x S x S x 3 uint8
-    prompts: list[str]
-    predicted: list[str | None]
-
-
-def colour_check(folder: str | Path, n: int, steps: int, guidance_scale: float, size: int, seed: int = 1234) -> ColourCheck:
-    """Load the saved folder as a StableDiffusionPipeline; prompt single-object captions;
-    rate = share of images whose dominant object colour is the prompted one (chance 1/6)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    attrs = single_object_prompts(n, seed, size)
-    prompts = [world.caption(a) for a in attrs]
-    images = []
-    for i in range(0, n, 16):
-        out = pipe(prompts[i : i + 16], height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale,
-                   generator=torch.Generator().manual_seed(seed + i), output_type="np")
-        images.append((out.images * 255).round().astype(np.uint8))
-    images = np.concatenate(images)
-    predicted = [dominant_colour(im) for im in images]
-    hits = [p == a.objects[0].colour for p, a in zip(predicted, attrs)]
-    bg_hits = [dominant_background(im) == a.background for im, a in zip(images, attrs)]
-    return ColourCheck(float(np.mean(hits)), float(np.mean(bg_hits)), n, images, prompts, predicted)
-
-
 @torch.no_grad()
 def vae_check(vae, images: torch.Tensor, captions: Sequence[str]) -> dict:
     """Val MSE of the VAE's reconstructions (posterior mean), and, for shapes-world captions, the
-    share of single-object images whose reconstruction keeps the object's colour dominant: the
-    teacher can only paint the colours its VAE decodes."""
+    analytic reader's agreement of the reconstructions with the captions, per field: the teacher
+    can only paint what its VAE decodes."""
     was_training = vae.training
     vae.eval()
-    recon = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+    recon = torch.cat([vae.decode(vae.encode(images[i : i + 64]).latent_dist.mean).sample for i in range(0, len(images), 64)])
     vae.train(was_training)
-    report = {"vae_val_mse": float(((recon - images) ** 2).mean())}
-    scenes = [world.try_parse(c) for c in captions]
-    single = [i for i, sc in enumerate(scenes) if sc is not None and len(sc.objects) == 1]
-    if single:
-        u8 = ((recon + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-        kept = [dominant_colour(u8[i]) == scenes[i].objects[0].colour for i in single]
-        report |= {"vae_val_colour_kept": float(np.mean(kept)), "vae_val_colour_images": len(single)}
+    report = {"vae_val_mse": float(((recon.clamp(-1, 1) - images) ** 2).mean())}
+    truths = [world.try_parse(c) for c in captions]
+    if all(t is not None for t in truths):
+        reads = [world.read_image(im) for im in plots.to_uint8(recon)]
+        report |= {f"vae_val_reader_{k}": v for k, v in world.agreement_scores(reads, truths).items()}
     return report
 
 
@@ -383,11 +251,11 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
                              fingerprint(card, p.clip, data_hash, seed), log=tracking.metric_logger("pretrain/clip"))
         clip_report = {"clip_val_retrieval": contrastive.retrieval_accuracy(val_x, val.rows["caption"].tolist()),
                        "clip_val_retrieval_chance": 1 / len(val), "clip_final_loss": runs["clip"].final_loss}
-    teacher = TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
+    teacher_objective = teacher.TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
                                p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
     cached = latents.WithLatents(dataset, *latents.encode_cached(t2i.vae, dataset, latent_cache, desc="pretrain: encode latents"))
     teacher_run = runs["teacher"] = train(
-        teacher, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
+        teacher_objective, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
         fingerprint(card, p.vae, p.clip, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
     if main:
         components.save_t2i(t2i, tmp / "t2i")
@@ -438,18 +306,16 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     tmp.rename(out)
 
     # checks, on the saved folders through the standard loaders
-    check = colour_check(out / "t2i", p.eval.prompts, p.eval.steps, p.eval.guidance_scale, params.prepare.image_size, seed=seed + 1)
     llm_parts = components.load_llm(out / "llm", param="models/pretrained/llm")
     lm_report = lm_check(llm_parts.model, llm_parts.tokenizer)
-    if clf_report:
-        clf = AttributeClassifier.load(out / "classifier")
+    clf = AttributeClassifier.load(out / "classifier") if clf_report else None
+    if clf is not None:
         clf_report["classifier_val_accuracy"] = world.score(clf.predict(val_x), val.rows["caption"].tolist())["mean"]
-    n_show = min(24, check.n)
-    plots.image_grid([list(check.images[i : i + 8]) for i in range(0, n_show, 8)], plots_dir / "teacher_samples.png",
-                     title=f"teacher samples (single-object prompts): prompted colour dominant in {check.rate:.0%}, "
-                           f"prompted background in {check.background_rate:.0%}")
+    check = teacher.paint_check(out / "t2i", p.eval.prompts, p.eval.steps, p.eval.guidance_scale, params.prepare.image_size,
+                                seed=seed + 1, classifier=clf)
+    check.grid(plots_dir / "teacher_samples.png")
     (plots_dir / "teacher_prompts.json").write_text(json.dumps(
-        [{"prompt": pr, "dominant": d} for pr, d in zip(check.prompts, check.predicted)], indent=2) + "\n")
+        [{"prompt": pr, "read": world.caption(world.read_image(im))} for pr, im in zip(check.prompts, check.images)], indent=2) + "\n")
     curves = {"vae": vae_run.losses, "teacher (UNet + CLIP)" if p.teacher.train_text_encoder else "teacher (UNet)": teacher_run.losses,
               "caption LM": lm_run.losses}
     if vision_run is not None:
@@ -461,8 +327,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     plots.loss_curves(curves,
                       plots_dir / "losses.png", title="pretrain losses")
     return {
-        "teacher_colour_rate": check.rate, "teacher_colour_chance": 1 / 6, "teacher_colour_prompts": check.n,
-        "teacher_background_rate": check.background_rate, "teacher_background_chance": 1 / 3,
+        **{f"teacher_{k}": v for k, v in check.metrics().items()},
         "lm_grammatical_rate": lm_report["grammatical_rate"], "lm_samples": lm_report["samples"],
         "vae_final_loss": vae_run.final_loss, "teacher_final_loss": teacher_run.final_loss, "lm_final_loss": lm_run.final_loss,
         "vae_scaling_factor": float(t2i.vae.config.scaling_factor),
