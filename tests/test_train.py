@@ -146,6 +146,18 @@ def test_the_launcher_comes_from_the_environment():
         "srun", "--nodes", "2", "bash", "-c", "accelerate launch --machine_rank $SLURM_NODEID pipelines/stage1.py"]
 
 
+def test_mixed_precision_comes_from_the_params_not_from_accelerate_launch():
+    """`accelerate launch` without --mixed_precision exports "no"; a bf16 stage still runs bf16, and says so."""
+    code = "from vlv.train import accelerator; print('mixed', accelerator('bf16').mixed_precision)"
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ACCELERATE_MIXED_PRECISION": "no", "RANK": "0"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    note, mixed = r.stdout.strip().splitlines()[-2:]
+    assert mixed == "mixed bf16"
+    assert note.startswith("note: accelerate launch's mixed precision 'no' (its --mixed_precision, its config file or its default) "
+                           "is not used: the stage's params say precision bf16"), note
+
+
 def test_weights_are_fp32_master_weights_unless_bf16_is_asked(tmp_path, capsys):
     """A part that arrives in bf16 (transformers 5 keeps a checkpoint's stored dtype) is refused
     under weights_dtype fp32; weights_dtype bf16 is explicit and warned."""

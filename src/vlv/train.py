@@ -83,9 +83,12 @@ MIXED = {"fp32": "no", "bf16": "bf16"}  # a stage's precision -> Accelerate's mi
 
 
 def accelerator(precision: str | None = None):
-    """The process's Accelerator (created once; DDP over gloo on CPU, NCCL on GPUs), with the
-    mixed precision of the first stage that asks (its params decide, not a launcher flag: DVC
-    records params). ``accelerate launch --mixed_precision X`` that disagrees gets one line."""
+    """The process's Accelerator (created once; DDP over gloo on CPU, NCCL on GPUs). Its mixed
+    precision comes from the params of the first stage that asks (``precision``: fp32 -> "no",
+    bf16 -> "bf16"; DVC records params, not launcher flags), passed to Accelerator explicitly.
+    ``accelerate launch`` exports its own setting as ACCELERATE_MIXED_PRECISION (its
+    ``--mixed_precision`` flag, else its config file's, else "no"), which Accelerate reads only
+    when no value is passed: here it is never used, and rank 0 says so in one line when it differs."""
     global _ACCELERATOR
     if _ACCELERATOR is None:
         from accelerate import Accelerator
@@ -93,8 +96,9 @@ def accelerator(precision: str | None = None):
         mixed = MIXED[precision or "fp32"]
         launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
         if launched and launched != mixed and int(os.environ.get("RANK", "0")) == 0:
-            print(f"note: accelerate launch --mixed_precision {launched} is not used: the stage's params say precision "
-                  f"{precision or 'fp32'} (set it with -S <stage>.precision=...)")
+            print(f"note: accelerate launch's mixed precision {launched!r} (its --mixed_precision, its config file or its "
+                  f"default) is not used: the stage's params say precision {precision or 'fp32'} "
+                  f"(set it with -S <stage>.precision=...)")
         _ACCELERATOR = Accelerator(mixed_precision=mixed)
     return _ACCELERATOR
 
