@@ -5,8 +5,10 @@ tokenizer, UNet), the caption LM, the attribute classifier (all on the `web` spl
 Florence-2 vision encoder (as a captioner, on web captions until issue 20 item 2), saves them
 as standard HF folders under models/pretrained/, and checks them (colour check through
 StableDiffusionPipeline, LM continuations, Florence-2's own val captions).
-`pretrain.mode: verify` (paper profile): loads the component folders and runs one tiny batch
-through every part (vlv.verify), so a broken or mismatched folder fails in the first minute.
+`pretrain.mode: verify` (paper profile): the `verify` stage has already run a built-in batch
+through the component folders before `prepare`; here the same check (vlv.verify) runs on the
+first prepared pairs, the user's own images and captions at prepare.image_size, and the frozen
+T2I paints those captions (plots/pretrain/teacher_samples.png).
 """
 
 import json
@@ -33,7 +35,7 @@ def main(params: config.Params) -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run("pretrain", params):
         if verifying:
-            metrics = {"verified": 1, **verify.verify_folders(params, DATA, OUT, PLOTS)}
+            metrics = {"verified": 1, **verify.verify_folders(params, verify.prepared_batch(DATA), OUT, PLOTS)}
         else:
             metrics = pretrain.train_parts(params, DATA, OUT, CKPT, PLOTS, LATENTS)
         if not tracking.is_main():  # accelerate launch: the main process saved the parts; it checks and logs

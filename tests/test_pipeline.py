@@ -396,23 +396,28 @@ def test_vlv_reconstruct_writes_side_by_side_images(project, tmp_path):
 
 def test_verify_mode_runs_one_batch_through_the_embedded_parts_and_names_a_bad_one(reproduced, tmp_path):
     """pretrain.mode verify (the paper profile's first minute) on the embedded folders: the stage
-    models build, both losses back-propagate, the T2I paints; a broken folder is one line."""
+    models build, both losses back-propagate, the T2I paints, from the built-in batch (no data);
+    a broken folder is one line."""
     from vlv import config, verify
     from vlv.errors import VLVError
 
     d, env = reproduced
     parts = {k: str(d / "models/pretrained" / k) for k in ("t2i", "vision", "llm")}
     params = config.validate({"pretrain": {"mode": "verify", "eval": {"prompts": 2, "steps": 2}}, "components": parts})
-    report = verify.verify_folders(params, d / "data/prepared", tmp_path / "out", tmp_path / "plots")
+    batch = verify.builtin_batch(params.prepare.image_size)
+    report = verify.verify_folders(params, batch, tmp_path / "out", tmp_path / "plots")
     assert set(report["verify_losses"]) == {"stage1_denoising", "stage2_caption"} and all(v > 0 for v in report["verify_losses"].values())
+    assert report["verify_batch"] == "built-in" and report["verify_seconds"] > 0
     assert (tmp_path / "plots/teacher_samples.png").stat().st_size > 1000 and (tmp_path / "out/VERIFIED.json").is_file()
+    prepared = verify.prepared_batch(d / "data/prepared")  # what pretrain (verify mode) runs after prepare
+    assert prepared.pixel_values.shape == batch.pixel_values.shape and len(prepared.captions) == 2
     shutil.copytree(parts["llm"], tmp_path / "llm")
     cfg = json.loads((tmp_path / "llm/config.json").read_text())
     cfg["hidden_size"] *= 2  # a config that its weights do not fit
     (tmp_path / "llm/config.json").write_text(json.dumps(cfg))
     bad = config.validate({"pretrain": {"mode": "verify"}, "components": {**parts, "llm": str(tmp_path / "llm")}})
     with pytest.raises(VLVError) as info:
-        verify.verify_folders(bad, d / "data/prepared", tmp_path / "out", tmp_path / "plots")
+        verify.verify_folders(bad, batch)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("verify stage 2") and f"components.llm={tmp_path / 'llm'}" in msg
 

@@ -1,16 +1,17 @@
-"""`pretrain` in verify mode (the paper profile): the component folders load, and one tiny batch
-runs through every part, in the first minute rather than after hours of latent encoding.
+"""The paper profile's first minute: the component folders load, and one tiny batch runs through
+every part, before any data is prepared or latent encoded.
 
 Stage 1's and stage 2's models are built by the same builders the stages use
 (``autoencoder.build``, ``captioner.build``), so what is checked is what will run: the
 dtypes the stage's params ask for, the widths chaining (Florence -> projection -> CLIP ->
 UNet; CLIP -> MLP -> LLM), the tokenizers having the tokens they need, the task prompt, a
-forward and backward of each stage's loss on two prepared images (under the stage's
-precision, on the stage's device), a reconstruction and a short caption. Any failure is one
-line naming the part, its folder and what did not match.
+forward and backward of each stage's loss on two images (under the stage's precision, on the
+stage's device), a few DDIM steps from their captions, a reconstruction and a short caption.
+Any failure is one line naming the part, its folder and what did not match.
 
-Writes plots/pretrain/teacher_samples.png (what the frozen T2I paints from the first pair
-captions) and plots/pretrain/losses.png (the one-batch loss of each check).
+Two batches: ``builtin_batch`` (two pictures drawn here, no data at all) is what the `verify`
+stage runs first under ``dvc repro``; ``prepared_batch`` (the first prepared pairs) is what
+`pretrain` in verify mode runs after `prepare`, on the user's own images and captions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -58,17 +60,42 @@ def _grads(part: str, module: torch.nn.Module) -> None:
                        f"the loss does not depend on them")
 
 
-def verify_folders(params: Params, data_root: Path, out: Path, plots_dir: Path) -> dict:
-    """Load every component folder and run one tiny batch through every part; write out/VERIFIED.json."""
-    c, s1, s2, ev = params.components, params.stage1, params.stage2, params.pretrain.eval
-    device = accelerator(s1.precision).device
-    t0 = time.perf_counter()
-    images = data.ShardDataset(data_root, "images")
+@dataclass(frozen=True)
+class Batch:
+    pixel_values: torch.Tensor  # B x 3 x S x S in [-1, 1]
+    captions: list[str]
+    source: str  # for the record: "built-in" or the prepared data's folder
+
+
+def builtin_batch(size: int) -> Batch:
+    """Two pictures drawn here at ``size`` px (a red-to-blue gradient, a black-and-white
+    checkerboard) and their captions: the first-minute check needs no prepared data."""
+    ramp = torch.linspace(-1.0, 1.0, size)
+    gradient = torch.stack([-ramp, torch.full_like(ramp, -1.0), ramp])[:, None, :].expand(3, size, size)
+    cells = (torch.arange(size) * 8 // size) % 2
+    checker = ((cells[:, None] + cells[None, :]) % 2 * 2.0 - 1.0).expand(3, size, size)
+    return Batch(torch.stack([gradient, checker]).contiguous(),
+                 ["a smooth gradient from red on the left to blue on the right",
+                  "a black and white checkerboard of eight by eight squares"], "built-in")
+
+
+def prepared_batch(data_root: Path) -> Batch:
+    """The first two captioned pairs of the prepared data (the user's own images and captions)."""
     pairs = data.ShardDataset(data_root, "pairs", captions=True, limit=2)
-    if len(images) == 0 or len(pairs) == 0:
-        raise VLVError(f"verify: {data_root} has {len(images)} images and {len(pairs)} pairs; the check needs both "
-                       f"(prepare.splits.images and prepare.splits.pairs above 0)")
-    x = torch.stack([images[i]["pixel_values"] for i in range(min(2, len(images)))]).to(device)
+    if len(pairs) == 0:
+        raise VLVError(f"verify: {data_root} has no pairs; the check needs captioned images (prepare.splits.pairs above 0)")
+    return Batch(torch.stack([pairs[i]["pixel_values"] for i in range(len(pairs))]), pairs.rows["caption"].tolist(),
+                 str(data_root))
+
+
+def verify_folders(params: Params, batch: Batch, out: Path | None = None, plots_dir: Path | None = None) -> dict:
+    """Load every component folder and run ``batch`` through every part; the numbers as a dict
+    (``verify_seconds``: loading and running, the stage's start-up aside). ``out``: write
+    out/VERIFIED.json; ``plots_dir``: the teacher's samples and the losses as PNGs."""
+    c, s1, s2, ev = params.components, params.stage1, params.stage2, params.pretrain.eval
+    t0 = time.perf_counter()
+    device = accelerator(s1.precision).device
+    x = batch.pixel_values.to(device)
     losses: dict[str, float] = {}
 
     # stage 1: Florence-2 -> queries -> projection -> frozen CLIP -> frozen UNet, loss and its gradients
@@ -90,7 +117,7 @@ def verify_folders(params: Params, data_root: Path, out: Path, plots_dir: Path) 
     _grads("stage 1", model.encoder)
     model.zero_grad(set_to_none=True)
     model.eval()
-    prompts = pairs.rows["caption"].tolist()[: max(1, min(4, ev.prompts))]
+    prompts = batch.captions[: max(1, min(4, ev.prompts))]
     with torch.no_grad(), _autocast(s1.precision, device):
         painted = _check("T2I sampling (components.t2i)", c.t2i, lambda: model.generate(
             model.clip.from_text(prompts), params.prepare.image_size, ev.guidance_scale, ev.steps, seed=params.seed))
@@ -101,13 +128,12 @@ def verify_folders(params: Params, data_root: Path, out: Path, plots_dir: Path) 
                  lambda: captioner.build(params, encoder=model.encoder))
     _dtypes("LLM", c.llm, cap.llm, components.DTYPES[s2.weights_dtype])
     cap.to(device)
-    y = torch.stack([pairs[i]["pixel_values"] for i in range(len(pairs))]).to(device)
 
     def stage2_loss() -> float:
         cap.train()
-        ids, mask = cap.caption_ids(pairs.rows["caption"].tolist(), device)
+        ids, mask = cap.caption_ids(batch.captions, device)
         with _autocast(s2.precision, device):
-            loss = cap.loss(y, ids, mask)
+            loss = cap.loss(x, ids, mask)
         loss.float().backward()
         return float(loss.detach())
 
@@ -115,17 +141,21 @@ def verify_folders(params: Params, data_root: Path, out: Path, plots_dir: Path) 
     _grads("stage 2 LLM", cap.llm if "llm" in s2.trainable else cap.mlp)
     cap.zero_grad(set_to_none=True)
     with torch.no_grad(), _autocast(s2.precision, device):
-        sample = _check("stage 2 generation (components.llm)", c.llm, lambda: cap.generate(y[:1], 1, 4))
+        sample = _check("stage 2 generation (components.llm)", c.llm, lambda: cap.generate(x[:1], 1, 4))
+    seconds = time.perf_counter() - t0
 
     sizes = {"t2i_unet_params": components.param_count(model.unet), "vision_params": components.param_count(model.encoder.florence),
              "llm_params": components.param_count(cap.llm)}
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    plots.image_grid([list(plots.to_uint8(painted.float().cpu()))], plots_dir / "teacher_samples.png",
-                     col_titles=[p[:40] for p in prompts],
-                     title=f"frozen T2I ({c.t2i}) from pair captions: CFG {ev.guidance_scale:g}, {ev.steps} DDIM steps")
-    plots.bars(losses, plots_dir / "losses.png", title="pretrain (verify): loss of one tiny batch per stage", ylabel="loss")
-    report = {"t2i": c.t2i, "vision": c.vision, "llm": c.llm, "vision_task": c.vision_task,
-              "prompt_tokens": len(model.encoder.prompt_ids), "device": str(device), **sizes}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "VERIFIED.json").write_text(json.dumps(report, indent=2) + "\n")
-    return {**sizes, "verify_losses": losses, "verify_caption_sample": sample[0], "verify_seconds": time.perf_counter() - t0}
+    if plots_dir is not None:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        plots.image_grid([list(plots.to_uint8(painted.float().cpu()))], plots_dir / "teacher_samples.png",
+                         col_titles=[p[:40] for p in prompts],
+                         title=f"frozen T2I ({c.t2i}) from {batch.source} captions: CFG {ev.guidance_scale:g}, {ev.steps} DDIM steps")
+        plots.bars(losses, plots_dir / "losses.png", title="verify: loss of one tiny batch per stage", ylabel="loss")
+    if out is not None:
+        report = {"t2i": c.t2i, "vision": c.vision, "llm": c.llm, "vision_task": c.vision_task, "batch": batch.source,
+                  "prompt_tokens": len(model.encoder.prompt_ids), "device": str(device), **sizes}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "VERIFIED.json").write_text(json.dumps(report, indent=2) + "\n")
+    return {**sizes, "verify_batch": batch.source, "verify_losses": losses, "verify_caption_sample": sample[0],
+            "verify_seconds": seconds}
