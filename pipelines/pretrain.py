@@ -1,14 +1,14 @@
-"""DVC stage `pretrain`: the parts the paper downloads, trained on the shapes world.
+"""DVC stage `pretrain`: the parts the paper downloads, loaded and checked (or trained).
 
-`pretrain.mode: train` (embedded profile): trains the T2I decoder (VAE, CLIP text encoder +
-tokenizer, UNet), the caption LM, the attribute classifier (all on the `web` split) and the
-Florence-2 vision encoder (as a captioner, on web captions until issue 20 item 2), saves them
-as standard HF folders under models/pretrained/, and checks them (colour check through
-StableDiffusionPipeline, LM continuations, Florence-2's own val captions).
-`pretrain.mode: verify` (paper profile): the `verify` stage has already run a built-in batch
-through the component folders before `prepare`; here the same check (vlv.verify) runs on the
-first prepared pairs, the user's own images and captions at prepare.image_size, and the frozen
-T2I paints those captions (plots/pretrain/teacher_samples.png).
+`pretrain.mode: verify` (the default, and the paper profile): the component folders are loaded
+as they are, as the paper loads SD-2.1, Florence-2 and Qwen2.5: the `verify` stage has run a
+built-in batch through them before `prepare`; here the same check (vlv.verify) runs on the first
+prepared pairs, and in the shapes world the teacher paints world captions that the analytic
+reader and the attribute classifier read back (pretrain.check_parts: teacher_* per field in
+metrics/pretrain.json, plots/pretrain/teacher_samples.png). The record of the shipped parts
+(pretrained/shapes-world/RECORD.json) goes into the metrics as `shipped`.
+`pretrain.mode: train` (profiles/pretrain.yaml): trains the parts whose component folder is
+models/pretrained/<part> (pretrain.train_parts), then checks them the same way.
 """
 
 import json
@@ -35,14 +35,17 @@ def main(params: config.Params) -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run("pretrain", params):
         if verifying:
-            metrics = {"verified": 1, **verify.verify_folders(params, verify.prepared_batch(DATA), OUT, PLOTS)}
+            metrics = {"verified": 1, **verify.verify_folders(params, verify.prepared_batch(DATA), OUT, PLOTS),
+                       **pretrain.check_parts(params, DATA, PLOTS)}
         else:
             metrics = pretrain.train_parts(params, DATA, OUT, CKPT, PLOTS, LATENTS)
         if not tracking.is_main():  # accelerate launch: the main process saved the parts; it checks and logs
             return
+        if records := pretrain.shipped(params):
+            metrics["shipped"] = records
         tracking.record("pretrain", metrics, METRICS, sorted(PLOTS.glob("*")))
         clear_checkpoints(CKPT)
-        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if k not in ('lm_samples', 'vision_samples', 'reads')}, default=str)}")
+        print(f"pretrain: {json.dumps({k: v for k, v in metrics.items() if not k.endswith('samples') and k not in ('reads', 'shipped')}, default=str)}")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ class Prepare(Section):
     path: str | None = Field(None, description="input folder, parquet file/folder, or folder/glob of .tar shards")
     num_images: PosInt = Field(20000, description="synthetic only: accepted images to render (the images/pairs/val/test splits)")
     web_images: NonNegInt = Field(
-        20000, description="synthetic only: images of the web split, rendered from their own scene stream (disjoint "
-                           "from the other splits): the corpus of the parts the paper downloads (T2I, LM, classifier)")
+        0, description="synthetic only: images of the web split, rendered from their own scene stream (disjoint "
+                       "from the other splits): the corpus of the parts pretrain.mode train trains (T2I, LM, "
+                       "classifier, the vision encoder's boxes)")
     image_size: Annotated[int, Field(ge=8, le=4096)] = 32
     splits: Splits = Splits()
     min_side: PosInt = Field(16, description="reject inputs whose short side is smaller")
@@ -86,19 +87,23 @@ class Tracking(Section):
     model_name: str | None = Field("vlv-captioner", description="MLflow registered-model name of the captioner; null = log, don't register")
 
 
-VISION_FOLDER = "models/pretrained/vision"  # where the embedded pretrain writes the Florence-2 folder
+# The folders `pretrain` writes in mode train, per component: a component that names its folder
+# is trained in this run; any other folder is loaded as it is (shipped, or the user's own).
+MADE_HERE = {"t2i": "models/pretrained/t2i", "llm": "models/pretrained/llm", "vision": "models/pretrained/vision",
+             "classifier": "models/pretrained/classifier"}
+SHIPPED = "pretrained/shapes-world"  # the shapes world's parts, trained once by profiles/pretrain.yaml
 
 
 class Components(Section):
     """Where the pretrained parts come from: local folders, never hub ids."""
 
-    t2i: str = Field("models/pretrained/t2i", description="diffusers folder (stable-diffusion-2-1-base layout)")
-    vision: str | None = Field(VISION_FOLDER, description="Florence-2 folder (embedded: pretrain writes it); null = random weights from vision_card")
+    t2i: str = Field(f"{SHIPPED}/t2i", description="diffusers folder (stable-diffusion-2-1-base layout)")
+    vision: str | None = Field(f"{SHIPPED}/vision", description="Florence-2 folder; null = random weights from vision_card")
     vision_card: str = "florence2-tiny"
     vision_task: str = Field("<MORE_DETAILED_CAPTION>", pattern=r"^<[A-Z_]+>$",
                              description="Florence-2 task token; its prompt comes from the processor's own table")
-    llm: str = Field("models/pretrained/llm", description="transformers causal-LM folder")
-    classifier: str | None = Field("models/pretrained/classifier", description="shapes-world attribute classifier (evaluate); null = none")
+    llm: str = Field(f"{SHIPPED}/llm", description="transformers causal-LM folder")
+    classifier: str | None = Field(f"{SHIPPED}/classifier", description="shapes-world attribute classifier (evaluate); null = none")
 
 
 class Optim(Section):
@@ -173,15 +178,14 @@ class LMLoop(Loop):
 
 
 class VisionLoop(Loop):
-    """The vision encoder (Florence-2 from ``components.vision_card``) pretrained as Florence-2 is:
-    image + task prompt -> caption, on the images split's captions; saved to
-    models/pretrained/vision. steps 0 = skip it (then components.vision must name another folder
-    or be null: a random Florence-2 from the card)."""
+    """The vision encoder (Florence-2 from ``components.vision_card``) pretrained on Florence-2's
+    <OD> task with one generic label, on the web split's images and object boxes (no caption);
+    trained when components.vision is models/pretrained/vision."""
 
-    steps: NonNegInt = 1500
+    steps: PosInt = 1500
     global_batch: PosInt = 32
     optim: Optim = Optim(lr=1e-3, warmup_steps=50, min_lr_ratio=0.25)
-    val_images: PosInt = Field(300, description="val images the pretrained Florence-2 captions itself (its own attribute accuracy)")
+    val_images: PosInt = Field(300, description="val images its detections, caption attempt and linear probe are scored on")
 
 
 class ClassifierLoop(Loop):
@@ -203,7 +207,7 @@ class Pretrain(Section):
     ``mode: verify`` (paper): load the component folders and run one tiny batch through every
     part, so that a broken or mismatched folder fails in the first minute."""
 
-    mode: Literal["train", "verify"] = "train"
+    mode: Literal["train", "verify"] = "verify"
     vae: VAELoop = VAELoop()
     clip: ClipLoop = ClipLoop()
     teacher: TeacherLoop = TeacherLoop()
@@ -372,11 +376,21 @@ class Params(Section):
     cost: Cost = Cost()
     sweep: Sweep = Field(default_factory=Sweep)  # built on use: its check reads the Params schema
 
+    def made_here(self) -> list[str]:
+        """The component folders `pretrain` trains in this run (mode train: those naming MADE_HERE)."""
+        if self.pretrain.mode != "train":
+            return []
+        return [part for part, folder in MADE_HERE.items() if getattr(self.components, part) == folder]
+
     @model_validator(mode="after")
-    def _vision_folder_is_written(self) -> "Params":
-        if self.pretrain.mode == "train" and self.pretrain.vision.steps == 0 and self.components.vision == VISION_FOLDER:
-            raise ValueError(f"components.vision: {VISION_FOLDER} is written by pretrain, but pretrain.vision.steps is 0; "
-                             "set components.vision to another Florence-2 folder, or null for random weights from the card")
+    def _made_here_means_train(self) -> "Params":
+        named = [part for part, folder in MADE_HERE.items() if getattr(self.components, part) == folder]
+        if self.pretrain.mode == "verify" and named:
+            raise ValueError(f"components.{named[0]}: {MADE_HERE[named[0]]} is written by pretrain in mode train, but "
+                             f"pretrain.mode is verify; set pretrain.mode: train, or point it at a folder ({SHIPPED}/{named[0]})")
+        if self.pretrain.mode == "train" and not named:
+            raise ValueError(f"pretrain.mode train trains the components that name {'/'.join(MADE_HERE.values())}, and none "
+                             f"does; point one at its models/pretrained folder, or set pretrain.mode: verify")
         return self
 
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 MANIFEST_COLUMNS = [
     "id", "split", "shard", "offset", "width", "height",
-    "src_width", "src_height", "src_mode", "sha256", "caption", "attributes", "source",
+    "src_width", "src_height", "src_mode", "sha256", "caption", "attributes", "boxes", "source",
 ]
 SPLIT_NAMES = ("images", "pairs", "val", "test", "web")  # web: prepare.web_images, the downloaded parts' corpus
 SHARD_DIR = "shards"
@@ -307,6 +307,7 @@ def _accept(item: Item, p: Prepare, seen: dict[str, str]) -> dict:
         "sha256": digest,
         "caption": caption,
         "attributes": json.dumps(item.attributes) if item.attributes else None,
+        "boxes": json.dumps(item.boxes) if item.boxes is not None else None,
         "source": item.source,
     }
 
@@ -340,12 +341,13 @@ class ShardDataset:
     """Images of one split as a map-style torch dataset, read from the memory-mapped shards.
 
     Returns ``{"pixel_values": float32 3xSxS in [-1, 1], "id": str}``, plus ``"caption"``
-    when ``captions=True``. Stage 1 reads the ``images`` split with captions off: it never
+    when ``captions=True`` and ``"boxes"`` (the objects' boxes as JSON, no words) when ``boxes=True``. Stage 1 reads the ``images`` split with captions off: it never
     sees a caption. ``split`` names what was opened (splits joined by "+"); ``reads`` turns
     it into a part's record.
     """
 
-    def __init__(self, root: str | Path, split: str | tuple[str, ...], captions: bool = False, limit: int | None = None):
+    def __init__(self, root: str | Path, split: str | tuple[str, ...], captions: bool = False, limit: int | None = None,
+                 boxes: bool = False):
         self.root = Path(root)
         manifest = read_manifest(self.root)
         splits = (split,) if isinstance(split, str) else tuple(split)
@@ -357,13 +359,18 @@ class ShardDataset:
             rows = rows.iloc[:limit]
         if captions and rows["caption"].isna().any():
             raise VLVError(f"{self.root}: {int(rows['caption'].isna().sum())} images of split {split} have no caption")
-        self.rows, self.captions, self.split = rows, captions, "+".join(splits)
+        if boxes and ("boxes" not in rows or rows["boxes"].isna().any()):
+            missing = len(rows) if "boxes" not in rows else int(rows["boxes"].isna().sum())
+            raise VLVError(f"{self.root}: {missing} images of split {split} have no object boxes (only the synthetic source "
+                           f"annotates them); run prepare again with prepare.source synthetic")
+        self.rows, self.captions, self.boxes, self.split = rows, captions, boxes, "+".join(splits)
         # plain arrays for the per-item hot path (a pandas row lookup costs ~50 us)
         self._shard = rows["shard"].to_numpy()
         self._offset = rows["offset"].to_numpy(dtype=np.int64)
         self._hw = rows[["height", "width"]].to_numpy(dtype=np.int64)
         self._id = rows["id"].to_numpy()
         self._caption = rows["caption"].to_numpy()
+        self._boxes = rows["boxes"].to_numpy() if boxes else None
         self._maps: dict[str, np.memmap] = {}
 
     def __len__(self) -> int:
@@ -382,19 +389,22 @@ class ShardDataset:
         out = {"pixel_values": to_tensor(self.pixels(i)), "id": self._id[i]}
         if self.captions:
             out["caption"] = self._caption[i]
+        if self.boxes:
+            out["boxes"] = self._boxes[i]  # JSON: [[x0, y0, x1, y1], ...] in pixels, reading order
         return out
 
 
 def reads(dataset, images: bool = True) -> dict:
     """What a part read from the prepared data, for its record (metrics JSON "reads", MLflow
-    params reads.<part>.*): ``{"split": ..., "images": N, "captions": N or 0}``. ``dataset`` is a
+    params reads.<part>.*): ``{"split": ..., "images": N, "captions": N or 0, "boxes": N or 0}``. ``dataset`` is a
     ShardDataset or wraps one (``.dataset``: latents.WithLatents); ``images=False`` for a part
     that reads the captions as text only (the LM)."""
     inner = dataset
     while not isinstance(inner, ShardDataset):
         inner = inner.dataset
     n = len(dataset)
-    return {"split": inner.split, "images": n if images else 0, "captions": n if inner.captions else 0}
+    return {"split": inner.split, "images": n if images else 0, "captions": n if inner.captions else 0,
+            "boxes": n if inner.boxes else 0}
 
 
 def sample_grid(root: str | Path, path: str | Path, n: int = 16, split: str = "images") -> Path:

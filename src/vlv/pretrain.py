@@ -5,13 +5,17 @@
   classifier-free guidance; saved as one standard diffusers folder;
 - the caption LM: a Qwen2-architecture causal LM on the caption corpus; saved as a
   standard transformers folder with its tokenizer;
-- the vision encoder: Florence-2 (from ``components.vision_card``) trained as Florence-2 was,
-  image + task prompt -> caption, with the LM's tokenizer; saved as a transformers Florence-2
-  folder that ``components.vision`` names (the paper starts from a pretrained Florence-2-large).
-Each is trained by the shared loop (vlv.train). The corpus is the ``web`` split with its
-captions (``prepare.web_images``, its own images, disjoint from images / pairs / val / test):
-in the paper these parts were pretrained on web-scale pairs before VLV ever saw them. Each
-part's record says what it read (``open_data``, ``data.reads``: metrics "reads").
+- the world's attribute classifier (its "Inception", used by evaluate);
+- the vision encoder: Florence-2 (from ``components.vision_card``) trained on Florence-2's own
+  region task <OD> with one generic label (florence.py): it learns where objects are and how
+  large, and never reads a caption (the paper starts from a pretrained Florence-2-large).
+Each is trained by the shared loop (vlv.train) on the ``web`` split (``prepare.web_images``, its
+own images, disjoint from images / pairs / val / test): in the paper these parts were pretrained
+on web-scale data before VLV ever saw them. The default run does not train them: it loads the
+shipped folders (pretrained/shapes-world/, trained by profiles/pretrain.yaml) and checks them
+(``check_parts``), as the paper profile loads SD-2.1. ``pretrain.mode: train`` trains the parts
+whose component folder is models/pretrained/<part> (``config.MADE_HERE``). Each part's record
+says what it read (``open_data``, ``data.reads``: metrics "reads").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cards, components, data, latents, plots, teacher, tracking, vocab, world
+from . import cards, components, data, florence, latents, plots, teacher, tracking, vocab, world
 from .classifier import AttributeClassifier
 from .config import Params
 from .errors import VLVError
@@ -110,48 +114,6 @@ class LMObjective(nn.Module):
         return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
-class FlorenceCaptionObjective(nn.Module):
-    """Florence-2's own task: image tokens + task prompt -> its encoder; the decoder learns the
-    caption (teacher forcing, with an end-of-text target), through the class's own forward."""
-
-    def __init__(self, vision: components.VisionParts, tokenizer, max_tokens: int = 48):
-        super().__init__()
-        self.model, self.tokenizer, self.max_tokens, self.image_size = vision.model, tokenizer, max_tokens, vision.image_size
-        self.register_buffer("mean", torch.tensor(vision.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(vision.image_std).view(1, 3, 1, 1), persistent=False)
-        with torch.no_grad():
-            n_image = self.model.model.get_image_features(torch.zeros(1, 3, vision.image_size, vision.image_size)).pooler_output.shape[1]
-        ids = [int(self.model.config.image_token_id)] * n_image + list(vision.prompt_ids)
-        self.register_buffer("input_ids", torch.tensor([ids], dtype=torch.long), persistent=False)
-
-    def inputs(self, pixel_values: torch.Tensor) -> dict:
-        x = pixel_values
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        ids = self.input_ids.expand(x.shape[0], -1)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": ((x + 1) / 2 - self.mean) / self.std}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        eos = self.tokenizer.eos_token
-        enc = self.tokenizer([c + eos for c in batch["caption"]], padding=True, truncation=True,
-                             max_length=self.max_tokens, return_tensors="pt")
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100).to(self.input_ids.device)
-        return self.model(**self.inputs(batch["pixel_values"].to(self.input_ids.device)), labels=labels).loss
-
-    @torch.no_grad()
-    def caption(self, pixel_values: torch.Tensor, max_new_tokens: int = 32, batch_size: int = 64) -> list[str]:
-        """Greedy captions (Florence-2's ``generate``), as the baseline the VLV captioner is compared with."""
-        was_training = self.training
-        self.eval()
-        out: list[str] = []
-        for i in range(0, len(pixel_values), batch_size):
-            ids = self.model.generate(**self.inputs(pixel_values[i : i + batch_size]), max_new_tokens=max_new_tokens,
-                                      num_beams=1, do_sample=False)
-            out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        self.train(was_training)
-        return out
-
-
 # ---------------------------------------------------------------------------- checks
 @torch.no_grad()
 def vae_check(vae, images: torch.Tensor, captions: Sequence[str]) -> dict:
@@ -185,21 +147,20 @@ def lm_check(model, tokenizer, starts: Sequence[str] = ("a small red", "a large 
 
 
 # ------------------------------------------------------------------------------ stage
-# What each part trains on: (split, captions). The parts the paper downloads (T2I, LM, the
-# attribute classifier) learn from the web split; the LM reads its captions as text only.
-# The vision encoder belongs to the captioning side, which should read world captions from
-# `pairs` only: its captioning pretext on web captions is the one known exception, said in its
-# record (VISION_NOTE) and held by tests/test_budget.py's strict xfail until item 2 replaces it.
-PART_READS = {"vae": ("web", False), "clip": ("web", True), "teacher": ("web", True), "llm": ("web", True),
-              "classifier": ("web", True), "vision": ("web", True)}
-VISION_NOTE = "captioning pretext on web captions: the captioning side's one read outside pairs (issue 20 item 2)"
+# What each part trains on: (split, what it reads besides the images). The parts the paper
+# downloads (T2I, LM, attribute classifier) learn from the web split with its captions (the LM
+# reads them as text only). The vision encoder is the captioning side's: it reads the web
+# split's images with their object boxes and never a caption (florence.py, the <OD> pretext).
+PART_READS = {"vae": ("web", ""), "clip": ("web", "captions"), "teacher": ("web", "captions"),
+              "llm": ("web", "captions"), "classifier": ("web", "captions"), "vision": ("web", "boxes")}
+FOLDER_PARTS = {"t2i": ("vae", "clip", "teacher"), "llm": ("llm",), "vision": ("vision",), "classifier": ("classifier",)}
 
 
 def open_data(params: Params, data_root: Path, parts: Sequence[str] = tuple(PART_READS)) -> dict[str, data.ShardDataset]:
-    """The dataset each of ``parts`` trains on (one ShardDataset per (split, captions), shared)."""
-    opened: dict[tuple[str, bool], data.ShardDataset] = {}
-    for split, captions in dict.fromkeys(PART_READS[part] for part in parts):
-        opened[split, captions] = ds = data.ShardDataset(data_root, split, captions=captions)
+    """The dataset each of ``parts`` trains on (one ShardDataset per (split, reads), shared)."""
+    opened: dict[tuple[str, str], data.ShardDataset] = {}
+    for split, extra in dict.fromkeys(PART_READS[part] for part in parts):
+        opened[split, extra] = ds = data.ShardDataset(data_root, split, captions=extra == "captions", boxes=extra == "boxes")
         if not len(ds):
             raise VLVError(f"{data_root}: the {split} split is empty, and pretrain.mode train trains the parts the paper "
                            f"downloads on it; set prepare.web_images (synthetic source) above 0 and run prepare again")
@@ -207,135 +168,179 @@ def open_data(params: Params, data_root: Path, parts: Sequence[str] = tuple(PART
 
 
 def part_reads(part: str, dataset) -> dict:
-    """``data.reads`` of one part (the LM reads captions only; the vision part carries its note)."""
-    out = data.reads(dataset, images=part != "llm")
-    return {**out, "note": VISION_NOTE} if part == "vision" else out
+    """``data.reads`` of one part (the LM reads captions only)."""
+    return data.reads(dataset, images=part != "llm")
 
 
 def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_dir: Path,
                 latent_cache: Path | None = None) -> dict:
-    """Embedded profile: train, save and check the T2I decoder and the caption LM."""
+    """``pretrain.mode: train``: train the parts whose component folder is this stage's own
+    (``config.MADE_HERE``: models/pretrained/<part>), save them there as standard HF folders,
+    and check every component folder the run will use (``check_parts``)."""
     p, seed = params.pretrain, params.seed
-    parts = open_data(params, data_root)
-    dataset = parts["teacher"]  # the web split with its captions (clip, teacher, LM, classifier); tokenizers learn from it
-    corpus = dataset.rows["caption"].tolist()
+    made = params.made_here()
+    names = [n for f in made for n in FOLDER_PARTS[f] if n != "clip" or p.clip.steps]
+    parts = open_data(params, data_root, names)
     data_hash = data.manifest_hash(data_root)
-    card = cards.load_card("t2i-tiny")
-    tmp = out.with_name(out.name + ".partial")
     main = tracking.is_main()  # under accelerate launch every process trains; the main one writes and checks
+    tmp = out.with_name(out.name + ".partial")
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    runs, report = {}, {}
+    corpus = next((parts[n].rows["caption"].tolist() for n in ("teacher", "llm", "classifier") if n in parts), None)
 
-    torch.manual_seed(seed)
-    t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
-    # Conv weights in channels-last (NHWC) layout while the VAE and the UNet train and encode:
-    # oneDNN's fast layout on CPU (VAE and UNet steps 1.0-1.3x faster on 2 cores, drifting; README,
-    # "Pipeline time"). save_t2i writes them back in the default layout.
-    t2i.vae.to(memory_format=torch.channels_last)
-    t2i.unet.to(memory_format=torch.channels_last)
-    vae_run = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), parts["vae"], spec_from(p.vae, "pretrain.vae", seed),
-                    ckpt / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
-    sample = torch.stack([dataset[i]["pixel_values"] for i in range(min(1024, len(dataset)))])
-    t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
-    runs = {"vae": vae_run}
-    val = data.ShardDataset(data_root, "val", captions=True)  # read once: text-encoder retrieval, classifier check
-    if not len(val):
-        raise VLVError("the val split is empty; pretrain scores its parts on it: raise prepare.splits.val")
-    val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
-    vae_report = vae_check(t2i.vae, val_x, val.rows["caption"].tolist())
-    clip_report = {}
-    if p.clip.steps:
+    if "t2i" in made:
+        card = cards.load_card("t2i-tiny")
         torch.manual_seed(seed)
-        contrastive = ContrastiveTextObjective(t2i.text_encoder, t2i.tokenizer, card)
-        runs["clip"] = train(contrastive, dataset, spec_from(p.clip, "pretrain.clip", seed), ckpt / "clip",
-                             fingerprint(card, p.clip, data_hash, seed), log=tracking.metric_logger("pretrain/clip"))
-        clip_report = {"clip_val_retrieval": contrastive.retrieval_accuracy(val_x, val.rows["caption"].tolist()),
-                       "clip_val_retrieval_chance": 1 / len(val), "clip_final_loss": runs["clip"].final_loss}
-    teacher_objective = teacher.TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
-                               p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
-    cached = latents.WithLatents(dataset, *latents.encode_cached(t2i.vae, dataset, latent_cache, desc="pretrain: encode latents"))
-    teacher_run = runs["teacher"] = train(
-        teacher_objective, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
-        fingerprint(card, p.vae, p.clip, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
-    if main:
-        components.save_t2i(t2i, tmp / "t2i")
-
-    tok = vocab.qwen2_tokenizer(corpus)
-    lm = cards.build("llm-tiny", "model", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    lm_run = train(LMObjective(lm, tok), dataset, spec_from(p.llm, "pretrain.llm", seed), ckpt / "llm",
-                   fingerprint("llm-tiny", p.llm, data_hash, seed), log=tracking.metric_logger("pretrain/llm"))
-    lm.generation_config.eos_token_id = tok.eos_token_id
-    lm.generation_config.pad_token_id = tok.pad_token_id
-    if main:
-        lm.save_pretrained(tmp / "llm", safe_serialization=True)
-        tok.save_pretrained(tmp / "llm")
-
-    world_captions = all(world.try_parse(c) is not None for c in corpus)  # scored by world.score, read by a classifier
-    vision_report, vision_run = {}, None
-    if p.vision.steps:
-        torch.manual_seed(seed)
-        vision_tok = vocab.florence_tokenizer(tok)
-        florence = components.build_vision(params.components.vision_card, vision_tok, params.components.vision_task)
-        objective = FlorenceCaptionObjective(florence, vision_tok)
-        vision_run = runs["vision"] = train(
-            objective, parts["vision"], spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
-            fingerprint(params.components.vision_card, p.vision, data_hash, seed), log=tracking.metric_logger("pretrain/vision"))
+        t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
+        # Conv weights in channels-last (NHWC) layout while the VAE and the UNet train and encode:
+        # oneDNN's fast layout on CPU; save_t2i writes them back in the default layout.
+        t2i.vae.to(memory_format=torch.channels_last)
+        t2i.unet.to(memory_format=torch.channels_last)
+        runs["vae"] = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), parts["vae"], spec_from(p.vae, "pretrain.vae", seed),
+                            ckpt / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
+        web = parts["teacher"]
+        sample = torch.stack([web[i]["pixel_values"] for i in range(min(1024, len(web)))])
+        t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
+        if p.clip.steps:
+            torch.manual_seed(seed)
+            contrastive = ContrastiveTextObjective(t2i.text_encoder, t2i.tokenizer, card)
+            runs["clip"] = train(contrastive, web, spec_from(p.clip, "pretrain.clip", seed), ckpt / "clip",
+                                 fingerprint(card, p.clip, data_hash, seed), log=tracking.metric_logger("pretrain/clip"))
+        objective = teacher.TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
+                                             p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
+        cached = latents.WithLatents(web, *latents.encode_cached(t2i.vae, web, latent_cache, desc="pretrain: encode latents"))
+        runs["teacher"] = train(objective, cached, spec_from(p.teacher, "pretrain.teacher", seed), ckpt / "teacher",
+                                fingerprint(card, p.vae, p.clip, p.teacher, data_hash, seed), log=tracking.metric_logger("pretrain/teacher"))
+        report |= {"vae_scaling_factor": float(t2i.vae.config.scaling_factor)}
         if main:
-            components.save_vision(florence, tmp / "vision")
-            n = min(p.vision.val_images, len(val))
-            captions = objective.caption(val_x[:n])
-            scores = world.score(captions, val.rows["caption"].tolist()[:n]) if world_captions else {}
-            vision_report = {"vision_final_loss": vision_run.final_loss, "vision_val_images": n,
-                             **{f"vision_val_{k}": v for k, v in scores.items()}, "vision_samples": captions[:3]}
+            components.save_t2i(t2i, tmp / "t2i")
 
-    clf_report = {}
-    if world_captions:  # the world's captions: its attribute classifier
+    if "llm" in made:
+        tok = vocab.qwen2_tokenizer(corpus)
+        lm = cards.build("llm-tiny", "model", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        runs["llm"] = train(LMObjective(lm, tok), parts["llm"], spec_from(p.llm, "pretrain.llm", seed), ckpt / "llm",
+                            fingerprint("llm-tiny", p.llm, data_hash, seed), log=tracking.metric_logger("pretrain/llm"))
+        lm.generation_config.eos_token_id = tok.eos_token_id
+        lm.generation_config.pad_token_id = tok.pad_token_id
+        if main:
+            lm.save_pretrained(tmp / "llm", safe_serialization=True)
+            tok.save_pretrained(tmp / "llm")
+
+    if "vision" in made:  # the captioning side's encoder: Florence-2's <OD> pretext on web boxes, no caption
+        lm_tok = tok if "llm" in made else components.load_llm(params.components.llm).tokenizer
+        vision_tok = vocab.florence_tokenizer(lm_tok)
+        torch.manual_seed(seed)
+        fl = components.build_vision(params.components.vision_card, vision_tok, florence.PRETEXT_TASK)
+        objective = florence.FlorenceObjective(fl, vision_tok, target="boxes")
+        runs["vision"] = train(objective, parts["vision"], spec_from(p.vision, "pretrain.vision", seed), ckpt / "vision",
+                               fingerprint(params.components.vision_card, p.vision, data_hash, seed, florence.PRETEXT_TASK),
+                               log=tracking.metric_logger("pretrain/vision"))
+        if main:
+            components.save_vision(fl, tmp / "vision")
+            report |= vision_report(params, data_root, fl, objective, vision_tok)
+
+    if "classifier" in made:
         torch.manual_seed(seed)
         clf = AttributeClassifier.from_card("classifier-tiny")
-        clf_run = train(clf, dataset, spec_from(p.classifier, "pretrain.classifier", seed), ckpt / "classifier",
-                        fingerprint("classifier-tiny", p.classifier, data_hash, seed), log=tracking.metric_logger("pretrain/classifier"))
+        runs["classifier"] = train(clf, parts["classifier"], spec_from(p.classifier, "pretrain.classifier", seed), ckpt / "classifier",
+                                   fingerprint("classifier-tiny", p.classifier, data_hash, seed), log=tracking.metric_logger("pretrain/classifier"))
         if main:
             clf.save(tmp / "classifier")
-        clf_report = {"classifier_final_loss": clf_run.final_loss, "classifier_seconds": clf_run.seconds}
-    else:
-        print("pretrain: the captions are not shapes-world captions; no attribute classifier (evaluate skips the regeneration scores)")
     if not main:
         return {}
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    for folder in made:
+        shutil.rmtree(out / folder, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for child in tmp.iterdir():
+        child.rename(out / child.name)
+    tmp.rmdir()
+    (out / "TRAINED.json").write_text(json.dumps({"trained": made, "loaded": {
+        f: getattr(params.components, f) for f in FOLDER_PARTS if f not in made}}, indent=2) + "\n")
+    names = {"vae": "vae", "clip": "text encoder (contrastive)", "teacher": "teacher (UNet + CLIP)" if p.teacher.train_text_encoder
+             else "teacher (UNet)", "llm": "caption LM", "vision": "Florence-2 <OD> pretext", "classifier": "attribute classifier"}
+    plots.loss_curves({names[k]: r.losses for k, r in runs.items()}, plots_dir / "losses.png", title="pretrain losses")
+    return {
+        **report,
+        **{f"{k}_final_loss": r.final_loss for k, r in runs.items()},
+        "seconds": {k: r.seconds for k, r in runs.items()},
+        "reads": {k: part_reads(k, parts[k]) for k in runs},
+        **check_parts(params, data_root, plots_dir),
+    }
 
-    # checks, on the saved folders through the standard loaders
-    llm_parts = components.load_llm(out / "llm", param="models/pretrained/llm")
-    lm_report = lm_check(llm_parts.model, llm_parts.tokenizer)
-    clf = AttributeClassifier.load(out / "classifier") if clf_report else None
+
+def vision_report(params: Params, data_root: Path, fl: components.VisionParts, objective, tokenizer) -> dict:
+    """What the pretext taught the vision encoder, on val (never trained on): its <OD> answers
+    against the true boxes; what it answers when asked for the paper's caption (it has never
+    read one: expected to parse as no world caption); and a linear probe per field on its frozen
+    features, fit on the pairs' images + labels (the captioning side's budget), beside the same
+    probe on the untrained tower of the same card and seed."""
+    n = params.pretrain.vision.val_images
+    val = data.ShardDataset(data_root, "val", captions=True, boxes=True, limit=n)
+    val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+    size = val_x.shape[-1]
+    answers = objective.generate(val_x)
+    det = florence.detection_scores(answers, [json.loads(b) for b in val.rows["boxes"]], size)
+    caption_ids = components.task_prompt_ids(fl.processor, params.components.vision_task, "vision report")
+    captions = objective.generate(val_x, prompt_ids=caption_ids)
+    said = world.score(captions, val.rows["caption"].tolist())
+    pairs = data.ShardDataset(data_root, "pairs", captions=True)
+    pairs_x = torch.stack([pairs[i]["pixel_values"] for i in range(len(pairs))])
+    probe = florence.linear_probe(florence.image_features(fl, pairs_x), pairs.rows["caption"].tolist(),
+                                  florence.image_features(fl, val_x), val.rows["caption"].tolist())
+    torch.manual_seed(params.seed)
+    untrained = components.build_vision(params.components.vision_card, tokenizer, florence.PRETEXT_TASK)
+    probe0 = florence.linear_probe(florence.image_features(untrained, pairs_x), pairs.rows["caption"].tolist(),
+                                   florence.image_features(untrained, val_x), val.rows["caption"].tolist())
+    return {"vision_val_images": len(val), **{f"vision_od_{k}": v for k, v in det.items()}, "vision_od_samples": answers[:3],
+            **{f"vision_caption_{k}": said[k] for k in ("mean", "parsed")}, "vision_caption_samples": captions[:3],
+            **{f"vision_probe_{k}": v for k, v in probe.items()}, **{f"vision_probe_untrained_{k}": v for k, v in probe0.items()},
+            "vision_probe_pairs": len(pairs)}
+
+
+def check_parts(params: Params, data_root: Path, plots_dir: Path) -> dict:
+    """Read back every shapes-world component folder the run will use, trained here or shipped:
+    the VAE's val reconstructions and the teacher's paintings of world captions by the analytic
+    reader (and by the attribute classifier), the caption LM's continuations, the classifier's
+    val accuracy; the prompt | sample grid in plots_dir. Nothing when the val captions are not
+    shapes-world captions (the paper profile: its own verify covers its folders)."""
+    c, ev = params.components, params.pretrain.eval
+    val = data.ShardDataset(data_root, "val", captions=True)
+    refs = val.rows["caption"].tolist()
+    if not len(val) or any(world.try_parse(r) is None for r in refs):
+        return {}
+    val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+    report = vae_check(components.load_t2i(c.t2i).vae, val_x, refs)
+    clf = AttributeClassifier.load(Path(c.classifier)) if c.classifier else None
     if clf is not None:
-        clf_report["classifier_val_accuracy"] = world.score(clf.predict(val_x), val.rows["caption"].tolist())["mean"]
-    check = teacher.paint_check(out / "t2i", p.eval.prompts, p.eval.steps, p.eval.guidance_scale, params.prepare.image_size,
-                                seed=seed + 1, classifier=clf)
+        report["classifier_val_accuracy"] = world.score(clf.predict(val_x), refs)["mean"]
+    llm = components.load_llm(c.llm)
+    lm = lm_check(llm.model, llm.tokenizer)
+    check = teacher.paint_check(c.t2i, ev.prompts, ev.steps, ev.guidance_scale, params.prepare.image_size,
+                                seed=params.seed + 1, classifier=clf)
+    plots_dir.mkdir(parents=True, exist_ok=True)
     check.grid(plots_dir / "teacher_samples.png")
     (plots_dir / "teacher_prompts.json").write_text(json.dumps(
         [{"prompt": pr, "read": world.caption(world.read_image(im))} for pr, im in zip(check.prompts, check.images)], indent=2) + "\n")
-    curves = {"vae": vae_run.losses, "teacher (UNet + CLIP)" if p.teacher.train_text_encoder else "teacher (UNet)": teacher_run.losses,
-              "caption LM": lm_run.losses}
-    if vision_run is not None:
-        curves["Florence-2 captioning"] = vision_run.losses
-    if "clip" in runs:
-        curves["text encoder (contrastive)"] = runs["clip"].losses
-    if clf_report:
-        curves["attribute classifier"] = clf_run.losses
-    plots.loss_curves(curves,
-                      plots_dir / "losses.png", title="pretrain losses")
-    return {
-        **{f"teacher_{k}": v for k, v in check.metrics().items()},
-        "lm_grammatical_rate": lm_report["grammatical_rate"], "lm_samples": lm_report["samples"],
-        "vae_final_loss": vae_run.final_loss, "teacher_final_loss": teacher_run.final_loss, "lm_final_loss": lm_run.final_loss,
-        "vae_scaling_factor": float(t2i.vae.config.scaling_factor),
-        "seconds": {**{k: r.seconds for k, r in runs.items()}, "llm": lm_run.seconds},
-        **vae_report,
-        **clip_report,
-        **vision_report,
-        **clf_report,
-        "reads": {**{k: part_reads(k, parts[k]) for k in [*runs, "llm", *(["classifier"] if clf_report else [])]},
-                  "eval": data.reads(val)},
-    }
+    return {**{f"teacher_{k}": v for k, v in check.metrics().items()}, **report,
+            "lm_grammatical_rate": lm["grammatical_rate"], "lm_samples": lm["samples"]}
+
+
+def shipped(params: Params) -> dict:
+    """The records of the shipped folders the components name (RECORD.json beside them, as
+    scripts/ship_pretrained.py writes it): per record, which parts, what their training read
+    and cost. The cost report lists it as "pretraining (shipped)"."""
+    out = {}
+    for part in FOLDER_PARTS:
+        folder = getattr(params.components, part)
+        record = Path(folder).parent / "RECORD.json" if folder else None
+        if record is None or not record.is_file():
+            continue
+        runs = json.loads(record.read_text()).get("runs", [])
+        for run in runs:
+            if part in run.get("parts", ()):
+                entry = out.setdefault(f"{record.parent.name}/{run['name']}", {"record": str(record), "parts": [], "cost": run.get("cost"),
+                                                                             "reads": run.get("reads")})
+                entry["parts"].append(part)
+    return out

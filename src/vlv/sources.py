@@ -38,6 +38,7 @@ class Item:
     pixels: np.ndarray | None = None  # H x W x 3 uint8, already valid (shapes world)
     caption: str | None = None
     attributes: dict | None = None
+    boxes: list | None = None  # object boxes [x0, y0, x1, y1] in pixels of the stored image (shapes world)
     ext: str = ""
     rejection: "Rejection | None" = None  # set when the source already knows it is unusable
 
@@ -82,6 +83,7 @@ def synthetic(seed: int, size: int, limit: int, stream: str = "main") -> Scan:
                 pixels=scene.render(),
                 caption=scene.caption(),
                 attributes=scene.attributes.to_dict(),
+                boxes=[[round(v, 3) for v in b] for b in scene.boxes()],
             )
 
     return Scan(gen(), total=None)

@@ -53,13 +53,19 @@ def qwen2_tokenizer(corpus: Iterable[str], vocab_size: int = 512, max_length: in
         )
 
 
+LOC_BINS = 1000  # Florence-2's location tokens <loc_0> .. <loc_999>: a coordinate quantised to 1/1000 of the side
+
+
 def florence_tokenizer(lm_tokenizer, image_token: str = "<image>"):
     """The embedded Florence-2's tokenizer: the LM's vocabulary plus what Florence-2's processor
-    needs of a tokenizer: a named image token and a begin token (end-of-text here, as the Qwen2
-    vocabulary has no other)."""
+    needs of a tokenizer: a named image token, a begin token (end-of-text here, as the Qwen2
+    vocabulary has no other) and Florence-2's location tokens <loc_0> .. <loc_999>, in which
+    its region tasks (<OD>: "label<loc_x0><loc_y0><loc_x1><loc_y1>...") write boxes."""
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as d:
         lm_tokenizer.save_pretrained(d)
-        return AutoTokenizer.from_pretrained(d, bos_token=lm_tokenizer.eos_token,
-                                             extra_special_tokens={"image_token": image_token})
+        tok = AutoTokenizer.from_pretrained(d, bos_token=lm_tokenizer.eos_token,
+                                            extra_special_tokens={"image_token": image_token})
+    tok.add_tokens([f"<loc_{i}>" for i in range(LOC_BINS)])
+    return tok

@@ -92,6 +92,12 @@ class Scene:
     def caption(self) -> str:
         return caption(self.attributes)
 
+    def boxes(self) -> list[tuple[float, float, float, float]]:
+        """Each object's box (x0, y0, x1, y1) in pixels, in reading order: what a detection
+        annotation says of the scene (where, how big), without its colour or shape (every
+        shape of one size fills the same box)."""
+        return [object_box(o, j, self.size) for o, j in zip(self.attributes.objects, self.jitter)]
+
 
 # ----------------------------------------------------------------------------- sampling
 def sample_scene(rng: np.random.Generator, size: int = 32) -> Scene:
@@ -158,6 +164,17 @@ def object_mask(obj: Obj, jitter: Sequence[float], size: int) -> np.ndarray:
         depth = dy + half  # 0 at the apex, `extent` at the base
         return (depth >= 0) & (depth <= extent) & (np.abs(dx) <= depth / 2)
     raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def object_box(obj: Obj, jitter: Sequence[float], size: int) -> tuple[float, float, float, float]:
+    """The box (x0, y0, x1, y1), in pixels, that ``object_mask``'s shape is drawn in: centred on
+    the cell centre plus jitter, side ``SIZES[obj.size] * size`` (the triangle's base and height
+    fill it too)."""
+    row, col = divmod(obj.cell, 3)
+    cx = CELL_CENTRES[col] * size + jitter[0]
+    cy = CELL_CENTRES[row] * size + jitter[1]
+    half = SIZES[obj.size] * size / 2
+    return (cx - half, cy - half, cx + half, cy + half)
 
 
 def render(scene: Scene) -> np.ndarray:
