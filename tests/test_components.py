@@ -1,5 +1,6 @@
 """The parts factory, the stage-1 module and the embedded world's tokenizers, on tiny real parts."""
 
+import json
 import os
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from vlv import autoencoder, components, pretrain, vocab, world
+from vlv import florence as florence_tasks
 from vlv.errors import VLVError
 
 CAPTIONS = [s.caption() for s in world.sample_scenes(0, 400)]
@@ -86,40 +88,46 @@ def test_llm_folder_round_trip_and_errors(tmp_path):
         components.load_llm(tmp_path / "nope")
 
 
-def test_florence_pretrained_as_a_captioner_saves_a_folder_that_components_vision_loads(tmp_path):
-    """The embedded pretrain's Florence-2: trained through the class's own forward, it learns to
-    caption (here: overfits two scenes), and its folder loads through load_vision into a VLV encoder."""
+def test_florence_pretrained_on_od_boxes_saves_a_folder_that_components_vision_loads(tmp_path):
+    """The embedded pretrain's Florence-2: trained through the class's own forward on Florence-2's
+    <OD> task with one generic label (the scene's boxes in location tokens, no caption), it learns
+    to answer it (here: overfits two scenes), and its folder loads through load_vision into a VLV encoder."""
     tok = vocab.florence_tokenizer(vocab.qwen2_tokenizer(CAPTIONS))
     torch.manual_seed(0)
-    florence = components.build_vision("florence2-tiny", tok)
-    # the task prompt is what Florence-2's own processor table makes of <MORE_DETAILED_CAPTION>, between begin and end
-    prompt = "Describe with a paragraph what is shown in the image."
-    assert florence.model.config.image_token_id == tok.image_token_id == len(tok) - 1
+    florence = components.build_vision("florence2-tiny", tok, florence_tasks.PRETEXT_TASK)
+    # the task prompt is what Florence-2's own processor table makes of the task token, between begin and end
+    prompt = "Locate the objects with category name in the image."
+    assert florence.model.config.image_token_id == tok.image_token_id
+    assert tok.convert_tokens_to_ids("<loc_999>") == len(tok) - 1 == florence.model.config.text_config.vocab_size - 1
     assert florence.prompt_ids == [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids, tok.eos_token_id]
-    objective = pretrain.FlorenceCaptionObjective(florence, tok)
-    scenes = world.sample_scenes(3, 2)
+    objective = florence_tasks.FlorenceObjective(florence, tok, target="boxes")
+    scenes = [world.scene_at(3, i) for i in (0, 1)]
     batch = {"pixel_values": torch.stack([torch.from_numpy(world.render(s)).permute(2, 0, 1).float() / 127.5 - 1 for s in scenes]),
-             "caption": [s.caption() for s in scenes]}
+             "boxes": [json.dumps(s.boxes()) for s in scenes]}
+    assert all(w not in " ".join(objective.targets(batch)) for w in [*world.COLOURS, *world.SHAPES, *world.SIZES])
     opt = torch.optim.AdamW(objective.parameters(), lr=3e-3)
     first = objective(batch).item()
-    for _ in range(60):
+    for _ in range(80):
         loss = objective(batch)
         opt.zero_grad(); loss.backward(); opt.step()
     assert loss.item() < 0.05 * first
-    assert objective.caption(batch["pixel_values"]) == batch["caption"]
+    answers = objective.generate(batch["pixel_values"])
+    assert answers == objective.targets(batch)
+    assert florence_tasks.detection_scores(answers, [s.boxes() for s in scenes], 32) == pytest.approx(
+        {"count": 1.0, "cell": 1.0, "size": 1.0, "iou": 1.0}, abs=0.03)  # iou: bins of 1/1000 of the side
 
     folder = components.save_vision(florence, tmp_path / "vision")
     assert (folder / "processor_config.json").is_file() and not (folder / "preprocessor_config.json").exists()  # as transformers 5 saves
-    loaded = components.load_vision(folder)
+    loaded = components.load_vision(folder, task=florence_tasks.PRETEXT_TASK)
     assert (loaded.image_size, loaded.prompt_ids, loaded.source) == (32, florence.prompt_ids, str(folder))
     assert (loaded.image_mean, loaded.image_std) == (florence.image_mean, florence.image_std)
-    assert components.load_vision(folder, task="<CAPTION>").prompt_ids != loaded.prompt_ids
+    assert components.load_vision(folder).prompt_ids != loaded.prompt_ids  # <MORE_DETAILED_CAPTION>, the paper's
+    assert florence_tasks.FlorenceObjective(loaded, tok).generate(batch["pixel_values"]) == answers
     with pytest.raises(VLVError, match="task '<NOPE>' is not one of the processor's tasks without inputs: <OCR>"):
         components.load_vision(folder, task="<NOPE>")
     (folder / "processor_config.json").unlink()
     with pytest.raises(VLVError, match=r"no image-processor settings \(looked for preprocessor_config.json and processor_config.json\)"):
         components.load_vision(folder)
-    assert pretrain.FlorenceCaptionObjective(loaded, tok).caption(batch["pixel_values"]) == batch["caption"]
     enc = autoencoder.VLVEncoder(loaded, 4, 64)
     assert enc(batch["pixel_values"]).shape == (2, 4, 64)
 

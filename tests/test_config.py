@@ -82,7 +82,7 @@ def test_defaults_equal_params_yaml():
         ({"prepare": {"sourc": "folder"}}, "prepare.sourc", "allowed keys here: source"),
         ({"prepare": {"source": "s3"}}, "prepare.source", "'synthetic', 'folder', 'parquet' or 'webdataset'"),
         ({"prepare": {"source": "folder"}}, "prepare", "needs prepare.path"),
-        ({"prepare": {"source": "folder", "path": "in"}}, "prepare", "web_images 20000 needs source synthetic"),
+        ({"prepare": {"source": "folder", "path": "in", "web_images": 20000}}, "prepare", "web_images 20000 needs source synthetic"),
         ({"prepare": {"web_images": -1}}, "prepare.web_images", "greater than or equal to 0"),
         ({"stage1": {"steps": "many"}}, "stage1.steps", "valid integer"),
         ({"stage2": {"trainable": "all"}}, "stage2.trainable", "'mlp', 'mlp+llm' or 'mlp+llm+encoder'"),
@@ -100,13 +100,21 @@ def test_bad_values_fail_with_one_line_naming_the_key(raw, key, words):
     assert words in msg
 
 
-def test_skipping_the_vision_pretraining_needs_another_vision_folder():
-    with pytest.raises(ParamsError) as info:
-        config.validate({"pretrain": {"vision": {"steps": 0}}}, source="p.yaml")
-    msg = str(info.value)
-    assert "\n" not in msg and "components.vision: models/pretrained/vision is written by pretrain" in msg and "null" in msg
-    assert config.validate({"pretrain": {"vision": {"steps": 0}}, "components": {"vision": None}}).components.vision is None
-    assert config.validate({"pretrain": {"mode": "verify", "vision": {"steps": 0}}}).pretrain.mode == "verify"  # verify: nothing trained
+def test_pretrain_trains_exactly_the_components_that_name_their_models_pretrained_folder():
+    params = config.validate({})
+    assert params.pretrain.mode == "verify" and params.made_here() == []
+    assert params.components.t2i == "pretrained/shapes-world/t2i"  # the shipped parts, loaded as SD-2.1 would be
+    only_vision = config.validate({"pretrain": {"mode": "train"}, "components": {"vision": "models/pretrained/vision"}})
+    assert only_vision.made_here() == ["vision"]
+    everything = config.validate({"pretrain": {"mode": "train"}, "components": dict(config.MADE_HERE)})
+    assert everything.made_here() == ["t2i", "llm", "vision", "classifier"]
+    for raw, words in [
+        ({"components": {"t2i": "models/pretrained/t2i"}}, "components.t2i: models/pretrained/t2i is written by pretrain in mode train"),
+        ({"pretrain": {"mode": "train"}}, "pretrain.mode train trains the components that name"),
+    ]:
+        with pytest.raises(ParamsError) as info:
+            config.validate(raw, source="p.yaml")
+        assert "\n" not in str(info.value) and words in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -676,8 +676,11 @@ def test_web_split_is_its_own_scene_stream_and_leaves_the_main_splits_alone(synt
         scene = world.web_scene_at(params.seed, int(item["id"].removeprefix("web-")), 32)
         back = ((item["pixel_values"].permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
         assert (back == scene.render()).all() and item["caption"] == scene.caption()
-    assert data.reads(ds) == {"split": "web", "images": 50, "captions": 50}
-    assert data.reads(ShardDataset(out, "images"), images=False) == {"split": "images", "images": 0, "captions": 0}
+        boxed = ShardDataset(out, "web", boxes=True)[i]  # the vision pretext's view: boxes, no caption
+        assert "caption" not in boxed and np.allclose(json.loads(boxed["boxes"]), scene.boxes(), atol=1e-3)
+    assert data.reads(ds) == {"split": "web", "images": 50, "captions": 50, "boxes": 0}
+    assert data.reads(ShardDataset(out, "web", boxes=True)) == {"split": "web", "images": 50, "captions": 0, "boxes": 50}
+    assert data.reads(ShardDataset(out, "images"), images=False) == {"split": "images", "images": 0, "captions": 0, "boxes": 0}
 
 
 def test_a_web_scene_equal_to_a_main_one_is_a_rejected_duplicate(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["dvc.yaml", "params.yaml", "profiles", "pipelines", "src", "benchmarks/throughput.csv", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
+COPY = ["dvc.yaml", "params.yaml", "profiles", "pipelines", "src", "pretrained", "benchmarks/throughput.csv", ".dvc/config", ".dvcignore", ".gitignore", "mlruns/.gitkeep"]
 
 
 def sh(cmd, cwd, env, timeout=600):
@@ -49,11 +49,10 @@ def copy_project(d: Path, edit=None) -> tuple[Path, dict]:
 def shrink(params: dict) -> None:
     """Params small enough for the test suite (seconds per stage)."""
     params["prepare"]["num_images"] = 300
-    params["prepare"]["web_images"] = 120  # the downloaded parts' corpus (pretrain)
     params["prepare"]["splits"] = {"images": 0.6, "pairs": 0.2, "val": 0.1, "test": 0.1}
     params["tracking"]["system_metrics_interval_s"] = 1
     tiny = {"global_batch": 8, "checkpoint_every": 0, "log_every": 2}
-    params["pretrain"] = {"mode": "train", "vae": {"steps": 3, **tiny}, "clip": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
+    params["pretrain"] = {"mode": "verify", "vae": {"steps": 3, **tiny}, "clip": {"steps": 3, **tiny}, "teacher": {"steps": 3, **tiny}, "llm": {"steps": 3, **tiny},
                           "vision": {"steps": 3, **tiny, "val_images": 4}, "classifier": {"steps": 3, **tiny}, "eval": {"prompts": 4, "steps": 2}}
     params["stage1"] = {**params["stage1"], "steps": 40, "global_batch": 8, "checkpoint_every": 4, "log_every": 4,
                         "eval": {"images": 8, "noise_draws": 1, "recon_images": 2, "recon_steps": 2, "guidance_scale": 2.0}}
@@ -61,6 +60,14 @@ def shrink(params: dict) -> None:
     params["evaluate"] = {**params["evaluate"], "images": 10, "regen_steps": 2, "gallery": 4}
     params["sweep"] = {**params["sweep"], "report_every": 2, "val_images": 8, "heartbeat_s": 2,
                        "budget": {"stage1.steps": 4, "stage2.steps": 6, "stage2.max_new_tokens": 12}}
+
+
+def shrink_train(params: dict) -> None:
+    """``shrink``, with pretrain training every part (tiny) into models/pretrained on a web split of 120."""
+    shrink(params)
+    params["prepare"]["web_images"] = 120
+    params["pretrain"]["mode"] = "train"
+    params["components"] = {**params["components"], **{part: f"models/pretrained/{part}" for part in ("t2i", "llm", "vision", "classifier")}}
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +100,14 @@ def runs(project_dir):
 def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     d, env = project
     r = sh([sys.executable, "-m", "dvc", "repro"], d, env)
-    assert "prepare: 420 accepted (images 180, pairs 60, val 30, test 30, web 120)" in r.stdout + r.stderr
+    assert "prepare: 300 accepted (images 180, pairs 60, val 30, test 30" in r.stdout + r.stderr
     manifest = pd.read_parquet(d / "data/prepared/manifest.parquet")
-    assert len(manifest) == 420 and manifest["id"].is_unique
-    assert manifest["split"].value_counts().to_dict() == {"images": 180, "pairs": 60, "val": 30, "test": 30, "web": 120}
+    assert len(manifest) == 300 and manifest["id"].is_unique
+    assert manifest["split"].value_counts().to_dict() == {"images": 180, "pairs": 60, "val": 30, "test": 30}
     assert manifest["caption"].notna().all() and manifest["sha256"].is_unique
     metrics = json.loads((d / "metrics/prepare.json").read_text())
     rejected = pd.read_csv(d / "data/prepared/rejected.csv")
-    assert metrics["accepted"] == 420 and metrics["rejected"] == len(rejected) and metrics["splits"]["web"] == 120
+    assert metrics["accepted"] == 300 and metrics["rejected"] == len(rejected) and metrics["splits"].get("web", 0) == 0
     assert (d / "plots/prepare/samples.png").stat().st_size > 1000
 
     by_stage = {r["tags"]["vlv.stage"]: r for r in runs(d)}
@@ -109,40 +116,39 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     run = by_stage["prepare"]
     head = sh(["git", "rev-parse", "HEAD"], d, env).stdout.strip()
     assert run["tags"]["vlv.git_commit"] == head and len(run["tags"]["vlv.pipeline_id"]) == 12
-    assert run["metrics"]["prepare/accepted"] == 420
+    assert run["metrics"]["prepare/accepted"] == 300
     assert any(k.startswith("system/") for k in run["metrics"]), "system metrics are on"
     art = list((d / "mlruns" / "artifacts").rglob("rejected.csv"))
     assert len(art) == 1
 
-    # the pretrained parts are standard HF folders; stage 1 wrote its encoder, metrics, plots
-    assert (d / "models/pretrained/t2i/model_index.json").is_file() and (d / "models/pretrained/llm/config.json").is_file()
+    # pretrain loaded the shipped parts and checked them (a batch through every part; the teacher read back);
+    # stage 1 wrote its encoder, metrics, plots, starting from the shipped Florence-2
+    assert json.loads((d / "models/pretrained/VERIFIED.json").read_text())["t2i"] == "pretrained/shapes-world/t2i"
     assert (d / "models/stage1/vlv_encoder.json").is_file()
-    # stage 1 started from the Florence-2 that pretrain wrote (its own val captions scored)
-    assert json.loads((d / "models/stage1/vlv_encoder.json").read_text())["vision_source"] == "models/pretrained/vision"
+    assert json.loads((d / "models/stage1/vlv_encoder.json").read_text())["vision_source"] == "pretrained/shapes-world/vision"
     pre = json.loads((d / "metrics/pretrain.json").read_text())
-    assert pre["vision_val_images"] == 4 and 0 <= pre["vision_val_mean"] <= 1 and "vision" in pre["seconds"]
+    assert pre["teacher_prompts"] == 4 and 0 <= pre["teacher_reader_mean"] <= 1 and 0 <= pre["teacher_classifier_colour"] <= 1
+    assert "reads" not in pre, "nothing trained"
+    assert {p for rec in pre["shipped"].values() for p in rec["parts"]} == {"t2i", "llm", "vision", "classifier"}
+    assert pre["shipped"]["shapes-world/vision"]["reads"]["vision"] == {"split": "web", "images": 40000, "captions": 0, "boxes": 40000}
     s1 = json.loads((d / "metrics/stage1.json").read_text())
     assert {"loss_vlv", "loss_uncond", "loss_caption", "loss_shuffled", "distillation_gap"} <= set(s1)
     assert (d / "plots/stage1/reconstructions.png").stat().st_size > 1000
     assert not (d / "checkpoints/stage1").exists(), "checkpoints are cleared once the stage is done"
 
     # the caption budget: each part's record says what it read (tests/test_budget.py checks the code paths)
-    web, web_text = {"split": "web", "images": 120, "captions": 120}, {"split": "web", "images": 0, "captions": 120}
-    assert {k: v for k, v in pre["reads"].items() if k != "vision"} == {
-        "vae": {**web, "captions": 0}, "clip": web, "teacher": web, "llm": web_text, "classifier": web,
-        "eval": {"split": "val", "images": 30, "captions": 30}}
-    assert {k: v for k, v in pre["reads"]["vision"].items() if k != "note"} == web, "issue 20 item 2 changes this"
-    assert s1["reads"] == {"stage1": {"split": "images", "images": 180, "captions": 0}, "eval": {"split": "val", "images": 8, "captions": 8}}
+    assert s1["reads"] == {"stage1": {"split": "images", "images": 180, "captions": 0, "boxes": 0},
+                           "eval": {"split": "val", "images": 8, "captions": 8, "boxes": 0}}
     s2 = json.loads((d / "metrics/stage2.json").read_text())
-    assert s2["reads"]["stage2"] == {"split": "pairs", "images": 60, "captions": 60} and s2["reads"]["eval"]["split"] == "val"
-    assert json.loads((d / "metrics/evaluate.json").read_text())["reads"] == {"eval": {"split": "test", "images": 10, "captions": 10}}
+    assert s2["reads"]["stage2"] == {"split": "pairs", "images": 60, "captions": 60, "boxes": 0} and s2["reads"]["eval"]["split"] == "val"
+    assert json.loads((d / "metrics/evaluate.json").read_text())["reads"] == {"eval": {"split": "test", "images": 10, "captions": 10, "boxes": 0}}
     params_of = {r["tags"]["vlv.stage"]: r["id"] for r in runs(d)}
     with sqlite3.connect(d / "mlruns" / "mlflow.db") as con:
         logged = dict(con.execute("select key, value from params where run_uuid=? and key like 'reads.%'", (params_of["stage1"],)).fetchall())
     assert logged["reads.stage1.split"] == "images" and logged["reads.stage1.captions"] == "0"
 
     # stage 2 wrote a captioner folder; evaluate scored it with every metric family
-    assert (d / "models/captioner/captioner.json").is_file() and (d / "models/pretrained/classifier/heads.safetensors").is_file()
+    assert (d / "models/captioner/captioner.json").is_file() and (d / "pretrained/shapes-world/classifier/heads.safetensors").is_file()
     ev = json.loads((d / "metrics/evaluate.json").read_text())
     assert {"bleu_1", "bleu_4", "rouge_l", "cider", "meteor"} <= set(ev["caption"])
     assert {"mean", "exact", "colour", "background"} <= set(ev["attributes"])
@@ -402,7 +408,7 @@ def test_verify_mode_runs_one_batch_through_the_embedded_parts_and_names_a_bad_o
     from vlv.errors import VLVError
 
     d, env = reproduced
-    parts = {k: str(d / "models/pretrained" / k) for k in ("t2i", "vision", "llm")}
+    parts = {k: str(d / "pretrained/shapes-world" / k) for k in ("t2i", "vision", "llm")}
     params = config.validate({"pretrain": {"mode": "verify", "eval": {"prompts": 2, "steps": 2}}, "components": parts})
     batch = verify.builtin_batch(params.prepare.image_size)
     report = verify.verify_folders(params, batch, tmp_path / "out", tmp_path / "plots")
@@ -472,7 +478,27 @@ def test_dvc_exp_run_with_a_set_param(project):
     sh([sys.executable, "-m", "dvc", "exp", "run", "-n", "small", "-S", "prepare.num_images=200", "prepare"], d, env)
     last = runs(d)[-1]
     assert last["tags"]["vlv.dvc_exp"] == "small"
-    assert last["metrics"]["prepare/accepted"] == 200 + 120  # num_images counts the main splits; web aside
-    assert len(pd.read_parquet(d / "data/prepared/manifest.parquet")) == 320
+    assert last["metrics"]["prepare/accepted"] == 200
+    assert len(pd.read_parquet(d / "data/prepared/manifest.parquet")) == 200
     show = sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], d, env).stdout
     assert '"small"' in show
+
+
+def test_pretrain_train_mode_trains_the_parts_that_name_models_pretrained(tmp_path):
+    """profiles/pretrain.yaml's path, shrunk: every part trains on the web split and is saved as a
+    standard folder; the vision encoder reads images + boxes and no caption; the record says so."""
+    d, env = copy_project(tmp_path, shrink_train)
+    env = {**env, "PYTHONPATH": str(d / "src")}
+    for name in ("prepare", "pretrain"):
+        sh([sys.executable, f"pipelines/{name}.py"], d, env)
+    assert (d / "models/pretrained/t2i/model_index.json").is_file() and (d / "models/pretrained/llm/config.json").is_file()
+    assert (d / "models/pretrained/vision/processor_config.json").is_file() and (d / "models/pretrained/classifier/heads.safetensors").is_file()
+    trained = json.loads((d / "models/pretrained/TRAINED.json").read_text())
+    assert trained == {"trained": ["t2i", "llm", "vision", "classifier"], "loaded": {}}
+    pre = json.loads((d / "metrics/pretrain.json").read_text())
+    web = {"split": "web", "images": 120, "captions": 120, "boxes": 0}
+    assert pre["reads"] == {"vae": {**web, "captions": 0}, "clip": web, "teacher": web, "llm": {**web, "images": 0},
+                            "classifier": web, "vision": {"split": "web", "images": 120, "captions": 0, "boxes": 120}}
+    assert pre["vision_val_images"] == 4 and 0 <= pre["vision_od_cell"] <= 1 and 0 <= pre["vision_probe_shape"] <= 1
+    assert pre["teacher_prompts"] == 4 and set(pre["seconds"]) == {"vae", "clip", "teacher", "llm", "vision", "classifier"}
+    assert "shipped" not in pre and (d / "plots/pretrain/losses.png").stat().st_size > 1000
