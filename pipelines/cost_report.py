@@ -8,6 +8,7 @@ against cost.budget_usd, the projection of the paper recipe), metrics/cost.json 
 MLflow run of its own.
 """
 
+import json
 from pathlib import Path
 
 from vlv import config, cost, plots, tracking
@@ -35,6 +36,27 @@ def stage_rows(experiment_id: str) -> list[cost.StageCost]:
     return sorted(rows, key=lambda r: order.get(r.stage, len(order)))
 
 
+def shipped_pretraining() -> dict:
+    """What the shipped parts this run loaded cost to train, once (metrics/pretrain.json "shipped",
+    from their RECORD.json): not charged to this pipeline, as a download is not."""
+    path = Path("metrics/pretrain.json")
+    records = json.loads(path.read_text()).get("shipped", {}) if path.is_file() else {}
+    return {name: {"parts": r["parts"], "device_hours": (r.get("cost") or {}).get("device_hours", 0.0),
+                   "usd": (r.get("cost") or {}).get("usd", 0.0), "device_kind": (r.get("cost") or {}).get("device_kind")}
+            for name, r in records.items()}
+
+
+def shipped_markdown(shipped: dict) -> str:
+    if not shipped:
+        return ""
+    lines = ["", "## Pretraining (shipped)", "",
+             "Trained once by profiles/pretrain.yaml and loaded here as a download is; not part of the totals above.", "",
+             "| record | parts | device | device-hours | USD |", "| --- | --- | --- | ---: | ---: |"]
+    lines += [f"| {name} | {', '.join(r['parts'])} | {r['device_kind']} | {r['device_hours']:.3f} | {r['usd']:.4f} |"
+              for name, r in shipped.items()]
+    return "\n".join(lines) + "\n"
+
+
 @stage("cost_report", main_only=True)
 def main(params: config.Params) -> None:
     """Total device-hours and dollars per stage against cost.budget_usd; project the paper recipe."""
@@ -46,8 +68,9 @@ def main(params: config.Params) -> None:
     projection = cost.project(cost.read_records(c.throughput_records), recipe, c.prices_usd_per_hour)
     pid = tracking.pipeline_id()
 
+    shipped = shipped_pretraining()
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(cost.markdown(rows, tot, projection, c.throughput_records, pid))
+    REPORT.write_text(cost.markdown(rows, tot, projection, c.throughput_records, pid) + shipped_markdown(shipped))
     per_stage: dict[str, float] = {}
     for r in rows:
         per_stage[r.stage] = per_stage.get(r.stage, 0.0) + r.usd
@@ -55,7 +78,8 @@ def main(params: config.Params) -> None:
     metrics = {**tot, "stages": {r.stage: {"usd": r.usd, "device_hours": r.device_hours, "samples_per_s": r.samples_per_s,
                                            "cached": int(r.source != "this pipeline")} for r in rows},
                "projection": {f"{p['device_kind']}_{p['precision']}": {"device_hours": p["device_hours"], "usd": p["usd"]}
-                              for p in projection}}
+                              for p in projection},
+               "shipped_pretraining": shipped}
     with tracking.stage_run("cost_report", params):
         tracking.record("cost_report", metrics, METRICS, [REPORT, PLOT], prefix="report")
     print(f"cost_report: ${tot['total_usd']:.4f} of ${c.budget_usd:g} ({tot['share_of_budget']:.4%}); "

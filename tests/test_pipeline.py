@@ -169,6 +169,8 @@ def test_dvc_repro_prepares_the_dataset_and_tracks_the_run(project):
     assert by_stage["cost_report"]["metrics"]["report/total_usd"] == pytest.approx(report["total_usd"])
     text = (d / "reports/cost.md").read_text()
     assert "| stage1 | this pipeline |" in text and "No throughput record of the paper architecture" in text
+    assert "## Pretraining (shipped)" in text and "| shapes-world/vision | vision | cpu |" in text
+    assert report["shipped_pretraining"]["shapes-world/vision"]["usd"] > 0
     assert (d / "plots/cost_report/usd_per_stage.png").stat().st_size > 1000
 
     # every stage wrote every out, metric and plot dvc.yaml declares
