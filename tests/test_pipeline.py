@@ -504,3 +504,4 @@ def test_pretrain_train_mode_trains_the_parts_that_name_models_pretrained(tmp_pa
     assert pre["vision_val_images"] == 4 and 0 <= pre["vision_od_cell"] <= 1 and 0 <= pre["vision_probe_shape"] <= 1
     assert pre["teacher_prompts"] == 4 and set(pre["seconds"]) == {"vae", "clip", "teacher", "llm", "vision", "classifier"}
     assert "shipped" not in pre and (d / "plots/pretrain/losses.png").stat().st_size > 1000
+    assert 0 <= pre["clip_val_retrieval"] <= 1  # the contrastive text encoder (clip.steps 3 here) is scored on val

@@ -85,6 +85,13 @@ def detection_scores(answers: Sequence[str], truths: Sequence[Sequence[Sequence[
     return {"count": count / len(truths), "cell": cell / n, "size": side / n, "iou": iou / n}
 
 
+def processed(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> Florence-2's input: the processor's size, mean and std (N x 3 x 1 x 1)."""
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return ((x + 1) / 2 - mean) / std
+
+
 class FlorenceObjective(nn.Module):
     """Florence-2's own training: image tokens + task prompt -> its encoder; the decoder learns
     the target text (teacher forcing, with an end-of-text target). ``target`` names what the
@@ -106,11 +113,7 @@ class FlorenceObjective(nn.Module):
         return torch.tensor([[int(self.model.config.image_token_id)] * self.n_image + list(prompt_ids)], dtype=torch.long)
 
     def pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] images -> the processor's size, mean and std."""
-        x = pixel_values
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        return ((x + 1) / 2 - self.mean) / self.std
+        return processed(pixel_values, self.image_size, self.mean, self.std)
 
     def inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None) -> dict:
         ids = (self.input_ids if input_ids is None else input_ids).to(pixel_values.device).expand(pixel_values.shape[0], -1)
@@ -155,10 +158,8 @@ def image_features(vision: VisionParts, pixel_values: torch.Tensor, batch_size: 
     vision.model.eval()
     feats = []
     for i in range(0, len(pixel_values), batch_size):
-        x = pixel_values[i : i + batch_size]
-        if x.shape[-1] != vision.image_size:
-            x = nn.functional.interpolate(x, size=(vision.image_size, vision.image_size), mode="bilinear", antialias=True)
-        feats.append(vision.model.model.get_image_features(((x + 1) / 2 - mean) / std).pooler_output.flatten(1).float())
+        x = processed(pixel_values[i : i + batch_size], vision.image_size, mean, std)
+        feats.append(vision.model.model.get_image_features(x).pooler_output.flatten(1).float())
     vision.model.train(was_training)
     return torch.cat(feats)
 

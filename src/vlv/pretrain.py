@@ -208,6 +208,10 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
             contrastive = ContrastiveTextObjective(t2i.text_encoder, t2i.tokenizer, card)
             runs["clip"] = train(contrastive, web, spec_from(p.clip, "pretrain.clip", seed), ckpt / "clip",
                                  fingerprint(card, p.clip, data_hash, seed), log=tracking.metric_logger("pretrain/clip"))
+            val = data.ShardDataset(data_root, "val", captions=True)
+            report["clip_val_retrieval"] = contrastive.retrieval_accuracy(
+                torch.stack([val[i]["pixel_values"] for i in range(len(val))]), val.rows["caption"].tolist())
+            report["clip_val_retrieval_chance"] = 1 / max(1, len(val))
         objective = teacher.TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
                                              p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
         cached = latents.WithLatents(web, *latents.encode_cached(t2i.vae, web, latent_cache, desc="pretrain: encode latents"))
