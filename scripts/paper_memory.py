@@ -1,4 +1,4 @@
-"""Memory the paper profile's weights and optimizer state take per GPU (README block), or --check it.
+"""Memory the paper profile's weights and optimizer state take per GPU (a docs/RESULTS.md block), or --check it.
 
 Arithmetic, not a measurement: the parts are built from their architecture cards on the meta
 device (no weights), the stage modules mark what trains as the paper profile says, and each
@@ -7,7 +7,7 @@ moments); with `weights_dtype: bf16`, 2 + 2 + 4. Every GPU of a DDP run holds al
 Activations come on top and grow with the per-GPU micro-batch: measure them with
 `vlv bench-arch --card paper` on the GPU.
 
-    python scripts/paper_memory.py            # rewrite the README block
+    python scripts/paper_memory.py            # rewrite the block in docs/RESULTS.md
     python scripts/paper_memory.py --check    # exit 1 if it is stale (the tests run this)
 """
 
@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import readme_block  # noqa: E402
+import doc_block  # noqa: E402
 
 from vlv import cards, components, config  # noqa: E402
 from vlv.autoencoder import VLVEncoder  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     params = config.load(ROOT / "profiles" / "paper.yaml")
-    return readme_block.write(START, END, table(params), args.check, "paper_memory", "paper memory table")
+    return doc_block.write(START, END, table(params), args.check, "paper_memory", "paper memory table")
 
 
 if __name__ == "__main__":

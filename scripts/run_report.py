@@ -1,10 +1,11 @@
-"""Write the README's tables of the committed default run from its metrics, so no number in
-them is typed by hand. Reads metrics/{prepare,pretrain,stage1,stage2,evaluate,cost}.json (the
-outputs of the last `dvc repro`) and replaces the block between `<!-- run:start -->` and
-`<!-- run:end -->` in README.md.
+"""Write the tables of the committed default run into docs/RESULTS.md from its metrics, so no
+number in them is typed by hand. Reads metrics/{prepare,pretrain,stage1,stage2,evaluate,cost}.json
+(the outputs of the last `dvc repro`) and replaces the block between `<!-- run:start ... -->` and
+`<!-- run:end -->`. pretrain's table follows its mode: the checks of the loaded parts (verify,
+the default) or the parts it trained (train).
 
     python scripts/run_report.py            # rewrite the block
-    python scripts/run_report.py --check    # exit 1 if the block is not what the metrics say (CI-able)
+    python scripts/run_report.py --check    # exit 1 if the block is not what the metrics say (the tests run this)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-import readme_block
+import doc_block
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- run:start (scripts/run_report.py) -->", "<!-- run:end -->"
@@ -36,7 +37,15 @@ def report() -> str:
     m = {s: load(s) for s in ("prepare", "pretrain", "stage1", "stage2", "evaluate", "cost")}
     pre, s1, s2, ev = m["pretrain"], m["stage1"], m["stage2"], m["evaluate"]
     secs = {s: m[s]["cost"]["seconds"] for s in ("prepare", "pretrain", "stage1", "stage2", "evaluate")}
-    p = pre["seconds"]
+    trained = isinstance(pre.get("seconds"), dict)  # mode train: per-part loop seconds; verify: the checks only
+    if trained:
+        p = pre["seconds"]
+        pretrain_row = (f"VAE {p['vae']:.0f} s, text encoder {p.get('clip', 0):.0f} s, teacher UNet {p['teacher']:.0f} s, "
+                        f"LM {p['llm']:.0f} s, Florence-2 {p.get('vision', 0):.0f} s, attribute classifier "
+                        f"{pre.get('classifier_seconds', 0):.0f} s; the rest: encoding the latents once and the checks")
+    else:
+        pretrain_row = (f"loads the shipped parts: one batch through every part ({pre['verify_seconds']:.0f} s), then the "
+                        f"teacher paints {pre['teacher_prompts']} world captions and the checks read them back")
     lines = [
         f"Stage times are each stage's `cost.seconds` (the whole stage process); they sum to "
         f"**{minutes(sum(secs.values()))}** (`dvc repro`'s own overhead and `cost_report` come on top). "
@@ -45,16 +54,15 @@ def report() -> str:
         "| stage | time | of which |",
         "| --- | ---: | --- |",
         f"| prepare | {secs['prepare']:.0f} s | {m['prepare'].get('accepted', '')} images rendered, checked and sharded |",
-        f"| pretrain | {secs['pretrain']:.0f} s | VAE {p['vae']:.0f} s, text encoder {p.get('clip', 0):.0f} s, teacher UNet "
-        f"{p['teacher']:.0f} s, LM {p['llm']:.0f} s, Florence-2 {p.get('vision', 0):.0f} s, attribute classifier {pre.get('classifier_seconds', 0):.0f} s; the rest: "
-        "encoding the latents once and the checks |",
-        f"| stage1 | {secs['stage1']:.0f} s | {s1['steps']} steps in {s1['seconds']:.0f} s ({s1['samples_per_second']:.0f} samples/s); "
-        "the latents come from pretrain's cache; then the val metrics |",
+        f"| pretrain | {secs['pretrain']:.0f} s | {pretrain_row} |",
+        f"| stage1 | {secs['stage1']:.0f} s | {s1['steps']} steps in {s1['seconds']:.0f} s ({s1['samples_per_second']:.0f} samples/s), "
+        "then the val metrics |",
         f"| stage2 | {secs['stage2']:.0f} s | {s2['steps']} steps in {s2['seconds']:.0f} s ({s2['samples_per_second']:.0f} samples/s), "
         "then captioning the val images |",
-        f"| evaluate | {secs['evaluate']:.0f} s | captioning {ev['images']} test images, then 2 x {ev['images']} regenerations |",
+        f"| evaluate | {secs['evaluate']:.0f} s | captioning {ev['images']} test images"
+        + (f", then 2 x {ev['images']} regenerations |" if "regeneration" in ev else " |"),
         "",
-        "Pretrained parts (`metrics/pretrain.json`):",
+        f"Pretrained parts (`metrics/pretrain.json`, {'trained by this run' if trained else 'the shipped parts as loaded'}):",
         "",
         "| check | value | chance |",
         "| --- | ---: | ---: |",
@@ -119,14 +127,19 @@ def report() -> str:
     cost = m["cost"]
     lines += ["", f"Cost (`reports/cost.md`): {cost['device_hours']:.3f} core-hours, ${cost['total_usd']:.3f} of the "
                   f"${cost['budget_usd']:,.0f} budget."]
+    shipped = cost.get("shipped_pretraining") or {}
+    if shipped:
+        lines[-1] += (" The shipped parts' one-off pretraining (`pretrained/shapes-world/RECORD.json`): "
+                      + "; ".join(f"{', '.join(v['parts'])}: {v['device_hours']:.2f} {v['device_kind']} device-hours, "
+                                  f"${v['usd']:.3f}" for v in shipped.values()) + ".")
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README's block differs from the metrics")
+    ap.add_argument("--check", action="store_true", help="exit 1 if docs/RESULTS.md's block differs from the metrics")
     args = ap.parse_args()
-    return readme_block.write(START, END, report(), args.check, "run_report", "run tables (from metrics/*.json)")
+    return doc_block.write(START, END, report(), args.check, "run_report", "run tables (from metrics/*.json)")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,8 +1,10 @@
-"""Write the README's sweep section from a study's trials (no number typed by hand): a table of
-every trial, the best and median value per bottleneck width, and reports/sweep/<study>/by_width.png.
+"""Write a study's section of docs/RESULTS.md from its trials (no number typed by hand): a table
+of every trial, the best and median value per bottleneck width, and reports/sweep/<study>/by_width.png.
+The study lives in its Optuna storage (default sqlite:///mlruns/optuna.db, not in git), so --check
+needs that storage; the tests skip it where the study is absent.
 
-    python scripts/sweep_report.py --study widths [--storage URL]   # rewrites README's sweep block
-    python scripts/sweep_report.py --study widths --check           # exit 1 if the block is stale
+    python scripts/sweep_report.py --study widths [--storage URL]   # rewrites the sweep block (and the PNG)
+    python scripts/sweep_report.py --study widths --check           # exit 1 if the block is stale; writes nothing
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import statistics
 from pathlib import Path
 
-import readme_block
+import doc_block
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- sweep:start (scripts/sweep_report.py) -->", "<!-- sweep:end -->"
@@ -23,7 +25,7 @@ def fmt(v) -> str:
     return f"{v:.2e}" if isinstance(v, float) and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def report(study, out_dir: Path) -> str:
+def report(study, out_dir: Path, write_png: bool = True) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,14 +80,14 @@ def report(study, out_dir: Path) -> str:
         ax.set_ylabel(attrs.get("objective", "value"))
         ax.set_title(f"sweep {study.study_name}: complete (dots), pruned at their last report (x)")
         fig.tight_layout()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / "by_width.png", dpi=120)
+        if write_png:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out_dir / "by_width.png", dpi=120)
         plt.close(fig)
-        rel = (out_dir / "by_width.png").relative_to(ROOT)
-        lines += ["", f"![{attrs.get('objective', 'value')} by bottleneck width]({rel.as_posix()})"]
+        lines += ["", f"![{attrs.get('objective', 'value')} by bottleneck width]({doc_block.link(out_dir / 'by_width.png')})"]
     for name in ("history.png", "importances.png"):
         if (out_dir / name).is_file():
-            lines += ["", f"![{name[:-4]}]({(out_dir / name).relative_to(ROOT).as_posix()})"]
+            lines += ["", f"![{name[:-4]}]({doc_block.link(out_dir / name)})"]
     return "\n".join(lines)
 
 
@@ -104,8 +106,9 @@ def main() -> int:
         print(f"sweep_report: no study {args.study!r} in {args.storage} (studies live in the storage, not in git); "
               f"run `vlv sweep --study {args.study}` there first or pass --storage", file=sys.stderr)
         return 2
-    body = report(study, ROOT / "reports" / "sweep" / args.study)
-    return readme_block.write(START, END, body, args.check, "sweep_report", f"sweep section (study {args.study!r})")
+    body = report(study, ROOT / "reports" / "sweep" / args.study, write_png=not args.check)
+    return doc_block.write(START, END, body, args.check, "sweep_report", f"sweep section (study {args.study!r})",
+                           fix=f"python scripts/sweep_report.py --study {args.study}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

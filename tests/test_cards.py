@@ -115,11 +115,3 @@ def test_an_init_pattern_that_matches_nothing_is_a_one_line_vlv_error():
         cards.build(card, "model")
     msg = str(err.value)
     assert "model.no_such_module.*" in msg and "matches no parameter" in msg and "\n" not in msg
-
-
-def test_readme_paper_memory_table_is_generated_from_the_cards():
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "paper_memory.py"), "--check"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
