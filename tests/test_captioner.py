@@ -212,7 +212,7 @@ def test_pyfunc_model_logs_registers_loads_and_predicts(folder, registered, tmp_
 
 @pytest.mark.slow  # ~20 s: a server process that imports mlflow, torch and the model
 def test_mlflow_models_serve_answers_over_http(folder, registered, tmp_path):
-    """`mlflow models serve` (the README's command) on the registered model, asked over HTTP."""
+    """`mlflow models serve` (docs/OPERATIONS.md's command) on the registered model, asked over HTTP."""
     import os
     import socket
     import time

@@ -7,12 +7,8 @@ allocated; only shapes exist, which is all a parameter count needs.
 import pytest
 import torch
 
-from pathlib import Path
-
 from vlv import cards
 from vlv.errors import VLVError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Parameter counts the cards must reproduce, with the published figure each one matches.
 # The exact numbers were measured from the cards (meta device) and agree with the sizes

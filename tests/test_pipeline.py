@@ -280,7 +280,7 @@ def test_a_sweep_trial_with_stage2_init_random_runs_no_stage1(reproduced):
 
 @pytest.mark.slow  # ~60 s; needs a PostgreSQL database: VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db
 def test_two_sweep_workers_share_one_postgresql_study(reproduced):
-    """The many-node recipe of the README on a real PostgreSQL server: two `vlv sweep`
+    """The many-node recipe of docs/OPERATIONS.md (Sweeps) on a real PostgreSQL server: two `vlv sweep`
     processes on one `--storage postgresql://...` share one study (4 trials, none lost or
     duplicated), and the password never reaches MLflow."""
     import time
@@ -289,7 +289,7 @@ def test_two_sweep_workers_share_one_postgresql_study(reproduced):
 
     url = os.environ.get("VLV_TEST_POSTGRES_URL")
     if not url:
-        pytest.skip("set VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db (README, Sweeps) to run it")
+        pytest.skip("set VLV_TEST_POSTGRES_URL=postgresql://user:pw@host/db (docs/OPERATIONS.md, Sweeps) to run it")
     pytest.importorskip("psycopg", reason="pip install -e '.[sweep]'")
     d, env = reproduced
     study = f"pg-{int(time.time())}"  # the database outlives the test: a fresh study each run
@@ -308,7 +308,7 @@ def test_two_sweep_workers_share_one_postgresql_study(reproduced):
 
 @pytest.mark.slow  # ~25 s; needs the `sweep` extra (pip install -e '.[sweep]')
 def test_optuna_dashboard_serves_the_sweep_storage(reproduced):
-    """README: `optuna-dashboard sqlite:///mlruns/optuna.db` shows the studies `vlv sweep` wrote."""
+    """docs/OPERATIONS.md: `optuna-dashboard sqlite:///mlruns/optuna.db` shows the studies `vlv sweep` wrote."""
     import socket
     import time
     import urllib.request
