@@ -267,7 +267,7 @@ class Evaluate(Section):
     guidance_scale: NonNegFloat = 4.0
     gallery: PosInt = Field(16, description="worst-captioned test images shown in the gallery PNG")
     inception: str | None = Field(None, description="local FID Inception weights (safetensors); null = no FID")
-    meteor: bool = Field(True, description="METEOR (a Java program: ~10 s to start); false = skip it")
+    meteor: bool = Field(True, description="METEOR (a Java program, slow to start); false = skip it")
 
 
 PriceKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]

@@ -1,8 +1,8 @@
 """Latents of a frozen VAE, computed once per stage instead of once per training step.
 
 The teacher (pretrain) and stage 1 train against a frozen AutoencoderKL. Encoding every batch
-again at every step was about half of the teacher's step time (scripts/probes/teacher_colour.py:
-0.16 s/step from cached latents against 0.30 s/step in the pipeline, batch 16, 2 cores).
+again at every step repeats the same frozen forward pass, a large share of a small teacher's step
+(measured: docs/NOTES.md, 2026-11-29, fitting the default run into 15 minutes).
 ``encode`` runs the encoder once over a dataset and keeps the posterior's mean and std;
 ``WithLatents`` adds them to every item; ``draw`` samples ``z = mean + std * eps`` with
 per-sample noise, as encoding each step did.

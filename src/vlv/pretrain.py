@@ -65,9 +65,10 @@ class ContrastiveTextObjective(nn.Module):
     space; symmetric InfoNCE over the batch with a learnt temperature. Afterwards only the
     text encoder is kept, and the teacher's UNet learns on it frozen, as SD's did on CLIP's.
 
-    Why: trained jointly with the UNet from scratch, the text encoder only ever learnt the
-    background (colour check 3-10%, chance 17%); contrastively pretrained and frozen, the
-    same teacher draws the prompted colour in 40% (scripts/probes/teacher_space.py)."""
+    Why: on a short teacher budget, a text encoder trained jointly with the UNet from scratch
+    learnt little beyond the background; pretrained contrastively and frozen, as SD's CLIP is,
+    it gives the UNet captions whose colours differ from the start (measured: docs/NOTES.md,
+    2026-11-29, the VAE schedule, the text encoder and the teacher's budget)."""
 
     def __init__(self, text_encoder, tokenizer, card: dict):
         from transformers import CLIPConfig, CLIPModel

@@ -13,8 +13,9 @@ Card format::
 
 A part's optional ``init`` redraws the matching random parameters from N(0, std) after the
 class's own initialisation (a pattern that matches nothing is an error). The tiny Florence-2
-uses it: at the library's std 0.02 its position embeddings are 2% of the token contents and
-the query decoder cannot learn where objects are (scripts/probes/florence_init.py).
+uses it: at the library's std 0.02 its position embeddings are tiny next to the token contents,
+so attention barely tells positions apart and the query decoder cannot learn where objects are
+(docs/NOTES.md, 2026-11-29, the position bottleneck was the tiny Florence-2's initialisation).
 """
 
 from __future__ import annotations
