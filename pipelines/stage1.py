@@ -10,8 +10,9 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import autoencoder, components, config, data, fingerprints, latents, plots, tracking
+from vlv import autoencoder, components, config, data, fingerprints, latents, plots, teacher, tracking, world
 from vlv.autoencoder import VLVAutoencoder, conditioning_report
+from vlv.classifier import AttributeClassifier
 from vlv.cli import stage
 from vlv.train import clear_checkpoints, fingerprint, spec_from, train
 
@@ -45,6 +46,36 @@ def reconstruction_grid(model: VLVAutoencoder, val, params: config.Params) -> Pa
                             title=f"stage 1: CFG {e.guidance_scale:g}, {e.recon_steps} DDIM steps")
 
 
+def reconstruction_reads(model: VLVAutoencoder, val, params: config.Params, batch_size: int = 64) -> dict:
+    """Reconstructions of the first ``stage1.eval.images`` val images from their VLV embeddings,
+    and pictures painted from their true captions beside them, read back per field by the
+    analytic reader of the spec and by the world's attribute classifier (components.classifier):
+    ``recon_reader_mean`` is how much of the scene the embedding carried through the frozen
+    decoder, ``caption_reader_mean`` what the caption carries. Empty when the val captions are
+    not shapes-world captions."""
+    e = params.stage1.eval
+    items = [val[i] for i in range(min(e.images, len(val)))]
+    truths = [world.try_parse(it["caption"]) for it in items]
+    if not items or any(t is None for t in truths):
+        return {}
+    x = torch.stack([it["pixel_values"] for it in items])
+    recon, painted = [], []
+    for i in range(0, len(items), batch_size):
+        xb = x[i : i + batch_size]
+        recon.append(model.reconstruct(xb, e.guidance_scale, e.recon_steps, seed=params.seed))
+        cond = model.clip.from_text([it["caption"] for it in items[i : i + batch_size]])
+        painted.append(model.generate(cond, x.shape[-1], e.guidance_scale, e.recon_steps, seed=params.seed))
+    out = {}
+    clf_dir = params.components.classifier
+    clf = AttributeClassifier.load(clf_dir) if clf_dir and Path(clf_dir).is_dir() else None
+    for name, images in (("recon", torch.cat(recon)), ("caption", torch.cat(painted))):
+        u8 = plots.to_uint8(images)
+        out |= {f"{name}_reader_{k}": v for k, v in world.agreement_scores([world.read_image(im) for im in u8], truths).items()}
+        if clf is not None:
+            out |= {f"{name}_classifier_{k}": v for k, v in world.agreement_scores(teacher.read_by_classifier(clf, u8), truths).items()}
+    return out
+
+
 @stage("stage1")
 def main(params: config.Params) -> None:
     """Train the VLV encoder against the frozen diffusion decoder."""
@@ -70,7 +101,8 @@ def main(params: config.Params) -> None:
         PLOTS.mkdir(parents=True, exist_ok=True)
         plots.loss_curves({"stage 1 denoising loss": run.losses}, PLOTS / "loss.png", title="stage 1")
         reconstruction_grid(model, val, params)
-        metrics = {**report, "final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
+        reads = reconstruction_reads(model, val, params)
+        metrics = {**report, **reads, "final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
                    "samples": run.samples, "samples_per_second": run.samples / run.seconds if run.seconds else 0.0,
                    "reads": {part: data.reads(ds) for part, ds in opened.items()}}
         tracking.record("stage1", metrics, METRICS, sorted(PLOTS.glob("*.png")), prefix="stage1/val")
@@ -79,6 +111,8 @@ def main(params: config.Params) -> None:
             f"stage1: val loss vlv {report['loss_vlv']:.4f} | uncond {report['loss_uncond']:.4f} | caption "
             f"{report['loss_caption']:.4f} | shuffled {report['loss_shuffled']:.4f}; gain vlv {report['gain_vlv']:.4f} "
             f"(z {report['gain_vlv_z']:.1f}), distillation gap {report['distillation_gap']:.2f}"
+            + (f"; reconstructions read back {reads['recon_reader_mean']:.1%} (from captions {reads['caption_reader_mean']:.1%})"
+               if reads else "")
         )
 
 

@@ -168,7 +168,7 @@ def test_stage1_loss_trains_the_chosen_parts_only(model):
 
 def test_widths_come_from_the_configs(model):
     assert model.encoder.queries.shape == (8, model.encoder.florence.config.text_config.d_model)
-    assert model.encoder.projection[-1].out_features == model.clip.width == model.unet.config.cross_attention_dim
+    assert model.encoder.out_dim == model.clip.width == model.unet.config.cross_attention_dim
 
 
 def test_too_many_queries_fail_before_compute(t2i_folder):

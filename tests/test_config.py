@@ -188,4 +188,4 @@ def test_stage_script_with_bad_params_fails_before_compute(tmp_path):
 
 def test_flatten_gives_dotted_keys():
     flat = config.flatten(config.dump(config.Params()))
-    assert flat["prepare.splits.pairs"] == 0.10 and flat["stage1.optim.lr"] == 5e-4
+    assert flat["prepare.splits.pairs"] == 0.10 and flat["stage1.optim.lr"] == 1e-3

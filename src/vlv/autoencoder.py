@@ -25,7 +25,7 @@ from torch import nn
 from .components import T2IParts, VisionParts
 from .errors import VLVError
 from .latents import draw, posterior
-from .train import per_sample_randint, per_sample_randn, sample_generators
+from .train import per_sample_randint, per_sample_randn, sample_generators, timesteps
 
 ENCODER_PARTS = ("queries", "projection", "language_model", "image_projector", "vision_tower")
 ENCODER_CONFIG = "vlv_encoder.json"
@@ -72,12 +72,16 @@ class CLIPConditioner(nn.Module):
 class VLVEncoder(nn.Module):
     """Image -> ``Nq x CLIP-width`` embeddings that the frozen CLIP encoder reads like text."""
 
-    def __init__(self, vision: VisionParts, num_queries: int, out_dim: int):
+    def __init__(self, vision: VisionParts, num_queries: int, out_dim: int, token_scale: bool = False):
         super().__init__()
         self.florence = vision.model
         d_model = int(self.florence.config.text_config.d_model)
         self.queries = nn.Parameter(torch.randn(num_queries, d_model))
-        self.projection = nn.Sequential(nn.Linear(d_model, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.out_dim, self.token_scale = out_dim, token_scale
+        layers = [nn.Linear(d_model, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)]
+        # token_scale: a LayerNorm last, its affine set by match_tokens to the text encoder's token
+        # table; a freshly initialised MLP alone emits tokens many times larger than CLIP's own
+        self.projection = nn.Sequential(*layers, *([nn.LayerNorm(out_dim)] if token_scale else []))
         self.register_buffer("prompt_ids", torch.tensor(vision.prompt_ids, dtype=torch.long), persistent=False)
         self.register_buffer("mean", torch.tensor(vision.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(vision.image_std).view(1, 3, 1, 1), persistent=False)
@@ -86,6 +90,15 @@ class VLVEncoder(nn.Module):
     @property
     def num_queries(self) -> int:
         return self.queries.shape[0]
+
+    @torch.no_grad()
+    def match_tokens(self, token_table: torch.Tensor) -> None:
+        """Start the output LayerNorm's affine at the token table's per-dimension std and mean."""
+        if not self.token_scale:
+            raise VLVError("match_tokens needs an encoder built with token_scale=True")
+        norm = self.projection[-1]
+        norm.weight.copy_(token_table.float().std(0).to(norm.weight))
+        norm.bias.copy_(token_table.float().mean(0).to(norm.bias))
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
         m = self.florence.model
@@ -129,7 +142,7 @@ class VLVEncoder(nn.Module):
         head.update({f"projection.{k}": v.detach().contiguous() for k, v in self.projection.state_dict().items()})
         save_file(head, str(folder / ENCODER_HEAD))
         config = {
-            "num_queries": self.num_queries, "out_dim": self.projection[-1].out_features,
+            "num_queries": self.num_queries, "out_dim": self.out_dim, "token_scale": self.token_scale,
             "prompt_ids": self.prompt_ids.tolist(), "image_size": self.image_size,
             "image_mean": self.mean.flatten().tolist(), "image_std": self.std.flatten().tolist(),
             "vision_source": self.vision_source, "task": self.task, **(extra or {}),
@@ -149,7 +162,7 @@ class VLVEncoder(nn.Module):
                                                                      dtype=dtype)
         vision = VisionParts(florence, cfg["prompt_ids"], cfg["image_size"], cfg["image_mean"], cfg["image_std"], cfg["vision_source"],
                              task=cfg.get("task", "<MORE_DETAILED_CAPTION>"))
-        enc = cls(vision, cfg["num_queries"], cfg["out_dim"])
+        enc = cls(vision, cfg["num_queries"], cfg["out_dim"], token_scale=cfg.get("token_scale", False))
         head = load_file(str(folder / ENCODER_HEAD))
         with torch.no_grad():
             enc.queries.copy_(head.pop("queries"))
@@ -162,8 +175,10 @@ class VLVEncoder(nn.Module):
 class VLVAutoencoder(nn.Module):
     """Stage-1 model: trainable VLVEncoder + frozen CLIP, UNet, VAE. ``forward`` = loss."""
 
-    def __init__(self, encoder: VLVEncoder, t2i: T2IParts, seed: int = 0):
+    def __init__(self, encoder: VLVEncoder, t2i: T2IParts, seed: int = 0, high_noise_share: float = 0.0,
+                 high_noise_from: float = 0.8):
         super().__init__()
+        self.high_noise_share, self.high_noise_from = high_noise_share, high_noise_from
         self.encoder = encoder
         t2i.frozen()
         self.vae, self.unet = t2i.vae, t2i.unet
@@ -174,9 +189,9 @@ class VLVAutoencoder(nn.Module):
         if encoder.num_queries > self.clip.max_length:
             raise VLVError(f"stage1.num_queries={encoder.num_queries} exceeds the CLIP text encoder's {self.clip.max_length} positions; lower it")
         cross = int(self.unet.config.cross_attention_dim)
-        if self.clip.width != cross or encoder.projection[-1].out_features != self.clip.width:
+        if self.clip.width != cross or encoder.out_dim != self.clip.width:
             raise VLVError(
-                f"widths do not chain: projection -> {encoder.projection[-1].out_features}, CLIP hidden {self.clip.width}, "
+                f"widths do not chain: projection -> {encoder.out_dim}, CLIP hidden {self.clip.width}, "
                 f"UNet cross_attention_dim {cross}; the T2I folder's parts do not belong together"
             )
 
@@ -198,10 +213,15 @@ class VLVAutoencoder(nn.Module):
         """The batch's scaled VAE latents: from the cache (vlv.latents) or encoded now."""
         return draw(*posterior(self.vae, batch), generators, self.scaling)
 
-    def noised(self, latents: torch.Tensor, generators: list[torch.Generator]):
-        """(noisy latents, timesteps, target) with per-sample noise and timesteps."""
+    def noised(self, latents: torch.Tensor, generators: list[torch.Generator], training: bool = False):
+        """(noisy latents, timesteps, target) with per-sample noise and timesteps: uniform t, or
+        when ``training`` the stage's high-noise share (``train.timesteps``)."""
         noise = per_sample_randn(tuple(latents.shape[1:]), generators).to(latents)
-        t = per_sample_randint(int(self.scheduler.config.num_train_timesteps), generators).to(latents.device)
+        n = int(self.scheduler.config.num_train_timesteps)
+        if training and self.high_noise_share:
+            t = timesteps(n, generators, self.high_noise_share, self.high_noise_from).to(latents.device)
+        else:
+            t = per_sample_randint(n, generators).to(latents.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         kind = self.scheduler.config.prediction_type
         if kind == "epsilon":
@@ -221,7 +241,7 @@ class VLVAutoencoder(nn.Module):
         x = batch["pixel_values"]
         gens = sample_generators(batch["sample_id"], self.seed)
         z = self.latents(batch, gens)
-        noisy, t, target = self.noised(z, gens)
+        noisy, t, target = self.noised(z, gens, training=True)
         return self.denoise_error(noisy, t, target, self.condition(x)).mean()
 
     @torch.no_grad()
@@ -266,9 +286,11 @@ def build(params) -> VLVAutoencoder:
     t2i = components.load_t2i(c.t2i, dtype=dtype)
     torch.manual_seed(params.seed)
     vision = components.vision(c.vision, c.vision_card, c.vision_task, dtype)
-    encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size))
+    encoder = VLVEncoder(vision, s.num_queries, int(t2i.text_encoder.config.hidden_size), token_scale=s.token_scale)
+    if s.token_scale:
+        encoder.match_tokens(t2i.text_encoder.get_input_embeddings().weight)
     encoder.set_trainable(s.trainable)
-    return VLVAutoencoder(encoder, t2i, seed=params.seed)
+    return VLVAutoencoder(encoder, t2i, seed=params.seed, high_noise_share=s.high_noise_share, high_noise_from=s.high_noise_from)
 
 
 def load_autoencoder(encoder_dir: str | Path, t2i_dir: str | Path | None = None) -> VLVAutoencoder:

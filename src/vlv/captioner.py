@@ -180,7 +180,7 @@ def build(params, encoder: VLVEncoder | None = None, stage1_dir: str | Path = "m
         encoder = VLVEncoder.load(stage1_dir, dtype=dtype)
     elif encoder is None:  # the no-stage-1 ablation: components.vision's Florence-2, fresh queries and projection
         encoder = VLVEncoder(components.vision(c.vision, c.vision_card, c.vision_task, dtype), params.stage1.num_queries,
-                             int(text_encoder.config.hidden_size))
+                             int(text_encoder.config.hidden_size), token_scale=params.stage1.token_scale)
         encoder.config = {"t2i": c.t2i, "resolution": params.prepare.image_size}
     model = Captioner(encoder, text_encoder, clip_tokenizer, llm.model, llm.tokenizer, s.max_caption_tokens)
     model.set_trainable(s.trainable, params.stage1.trainable)

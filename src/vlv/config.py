@@ -230,12 +230,19 @@ class Stage1Eval(Section):
 
 class Stage1(Loop):
     steps: PosInt = 250
-    optim: Optim = Optim(lr=5e-4, warmup_steps=50)
+    optim: Optim = Optim(lr=1e-3, warmup_steps=50)
     num_queries: Annotated[int, Field(gt=0, le=512)] = 24
     trainable: list[EncoderPart] = Field(
-        default_factory=lambda: ["queries", "projection", "language_model"],  # DaViT and its projector frozen, as the paper
+        default_factory=lambda: ["queries", "projection", "language_model", "image_projector", "vision_tower"],  # images only
         min_length=1,
     )
+    high_noise_share: Fraction = Field(
+        1.0, description="share of training samples with t from the noisiest part of the schedule (where the frozen decoder "
+                         "needs the conditioning: docs/NOTES.md 2026-12-06); 0 = uniform t, as the paper")
+    high_noise_from: Fraction = Field(0.8, description="where that noisiest part starts, as a share of the timesteps")
+    token_scale: bool = Field(
+        True, description="end the projection with a LayerNorm whose affine starts at the CLIP token table's per-dimension "
+                          "std and mean, so the query tokens enter the frozen text encoder at the scale of its own tokens")
     eval: Stage1Eval = Stage1Eval()
 
 

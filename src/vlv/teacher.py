@@ -19,7 +19,7 @@ from torch import nn
 
 from . import latents, world
 from .components import T2IParts
-from .train import per_sample_randn, sample_generators
+from .train import per_sample_randn, sample_generators, timesteps
 
 
 class TeacherObjective(nn.Module):
@@ -63,16 +63,7 @@ class TeacherObjective(nn.Module):
         return (per_sample * self.loss_weights(t)).mean()
 
     def timesteps(self, gens: list[torch.Generator]) -> torch.Tensor:
-        """Uniform timesteps, except that a ``high_noise_share`` of samples draw from the
-        noisiest ``1 - high_noise_from`` of the schedule: there the noisy latent no longer
-        shows the layout and only the caption can, so that is where conditioning is learnt."""
-        n = int(self.scheduler.config.num_train_timesteps)
-        lo = int(self.high_noise_from * n)
-        out = []
-        for g in gens:
-            high = float(torch.rand((), generator=g)) < self.high_noise_share
-            out.append(torch.randint(lo if high else 0, n, (), generator=g))
-        return torch.stack(out)
+        return timesteps(int(self.scheduler.config.num_train_timesteps), gens, self.high_noise_share, self.high_noise_from)
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma weights (Hang et al., 2023): low-noise steps, where the caption
@@ -114,7 +105,7 @@ class PaintCheck:
         return out | {f"seeds_{k}": v for k, v in self.seeds.items()}
 
 
-def _read_by_classifier(classifier, images: np.ndarray) -> list[world.Attributes]:
+def read_by_classifier(classifier, images: np.ndarray) -> list[world.Attributes]:
     from .data import to_tensor
 
     captions = []
@@ -136,7 +127,7 @@ def paint_check(folder: str | Path, n: int, steps: int, guidance_scale: float, s
     images = regenerate(folder, prompts, size, steps, guidance_scale, seed=seed, desc="teacher: paint prompts")
     check = PaintCheck(prompts, images, world.agreement_scores([world.read_image(im) for im in images], truths))
     if classifier is not None:
-        check.classifier = world.agreement_scores(_read_by_classifier(classifier, images), truths)
+        check.classifier = world.agreement_scores(read_by_classifier(classifier, images), truths)
     k = min(seed_prompts, n)
     if k:
         again = regenerate(folder, prompts[:k], size, steps, guidance_scale, seed=seed + 1, desc="teacher: other noise")

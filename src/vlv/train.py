@@ -183,6 +183,18 @@ def per_sample_randint(high: int, generators: list[torch.Generator]) -> torch.Te
 
 
 # --------------------------------------------------------------------------- checkpoints
+def timesteps(n: int, generators: list[torch.Generator], high_share: float = 0.0, high_from: float = 0.7) -> torch.Tensor:
+    """One diffusion timestep per sample, uniform over ``[0, n)``, except that a ``high_share``
+    of samples draw from the noisiest ``1 - high_from`` of the schedule: there the noisy latent
+    no longer shows the layout and only the conditioning can, so that is where it is learnt."""
+    lo = int(high_from * n)
+    out = []
+    for g in generators:
+        high = high_share > 0 and float(torch.rand((), generator=g)) < high_share
+        out.append(torch.randint(lo if high else 0, n, (), generator=g))
+    return torch.stack(out)
+
+
 def _step_dirs(ckpt_dir: Path) -> list[Path]:
     if not ckpt_dir.is_dir():
         return []
