@@ -33,46 +33,52 @@ def open_data(params: config.Params) -> dict[str, data.ShardDataset]:
             "eval": data.ShardDataset(DATA, "val", captions=True, limit=max(e.images, e.recon_images))}
 
 
-def reconstruction_grid(model: VLVAutoencoder, val, params: config.Params) -> Path:
+def paint_back(model: VLVAutoencoder, val, params: config.Params, batch_size: int = 64) -> dict:
+    """One pass over the first max(eval.images, eval.recon_images) val images: each painted back
+    by the frozen decoder from its VLV embedding ("recon") and from its true caption ("caption"),
+    CFG against CLIP(""), DDIM; uint8 pictures beside the originals ("x") and captions."""
+    from tqdm.auto import tqdm
+
     e = params.stage1.eval
-    items = [val[i] for i in range(min(e.recon_images, len(val)))]
+    items = [val[i] for i in range(min(max(e.images, e.recon_images), len(val)))]
     x = torch.stack([it["pixel_values"] for it in items])
-    recon = model.reconstruct(x, e.guidance_scale, e.recon_steps, seed=params.seed)
-    from_caption = model.generate(model.clip.from_text([it["caption"] for it in items]), x.shape[-1], e.guidance_scale,
-                                  e.recon_steps, seed=params.seed)
-    rows = [list(r) for r in zip(plots.to_uint8(x), plots.to_uint8(recon), plots.to_uint8(from_caption))]
-    return plots.image_grid(rows, PLOTS / "reconstructions.png", row_titles=[it["caption"] for it in items],
+    recon, caption = [], []
+    for i in tqdm(range(0, len(items), batch_size), desc="stage1: paint back", unit="batch"):
+        xb = x[i : i + batch_size]
+        recon.append(model.reconstruct(xb, e.guidance_scale, e.recon_steps, seed=params.seed))
+        cond = model.clip.from_text([it["caption"] for it in items[i : i + batch_size]])
+        caption.append(model.generate(cond, x.shape[-1], e.guidance_scale, e.recon_steps, seed=params.seed))
+    return {"captions": [it["caption"] for it in items], "x": plots.to_uint8(x),
+            "recon": plots.to_uint8(torch.cat(recon)), "caption": plots.to_uint8(torch.cat(caption))}
+
+
+def reconstruction_grid(painted: dict, params: config.Params) -> Path:
+    e = params.stage1.eval
+    k = min(e.recon_images, len(painted["x"]))
+    rows = [[painted[c][i] for c in ("x", "recon", "caption")] for i in range(k)]
+    return plots.image_grid(rows, PLOTS / "reconstructions.png", row_titles=painted["captions"][:k],
                             col_titles=["original", "VLV reconstruction", "from caption"],
                             title=f"stage 1: CFG {e.guidance_scale:g}, {e.recon_steps} DDIM steps")
 
 
-def reconstruction_reads(model: VLVAutoencoder, val, params: config.Params, batch_size: int = 64) -> dict:
-    """Reconstructions of the first ``stage1.eval.images`` val images from their VLV embeddings,
-    and pictures painted from their true captions beside them, read back per field by the
-    analytic reader of the spec and by the world's attribute classifier (components.classifier):
+def reconstruction_reads(painted: dict, params: config.Params) -> dict:
+    """The first ``stage1.eval.images`` paintings read back per field by the analytic reader of
+    the spec and by the world's attribute classifier (components.classifier):
     ``recon_reader_mean`` is how much of the scene the embedding carried through the frozen
     decoder, ``caption_reader_mean`` what the caption carries. Empty when the val captions are
     not shapes-world captions."""
-    e = params.stage1.eval
-    items = [val[i] for i in range(min(e.images, len(val)))]
-    truths = [world.try_parse(it["caption"]) for it in items]
-    if not items or any(t is None for t in truths):
+    n = min(params.stage1.eval.images, len(painted["x"]))
+    truths = [world.try_parse(c) for c in painted["captions"][:n]]
+    if not truths or any(t is None for t in truths):
         return {}
-    x = torch.stack([it["pixel_values"] for it in items])
-    recon, painted = [], []
-    for i in range(0, len(items), batch_size):
-        xb = x[i : i + batch_size]
-        recon.append(model.reconstruct(xb, e.guidance_scale, e.recon_steps, seed=params.seed))
-        cond = model.clip.from_text([it["caption"] for it in items[i : i + batch_size]])
-        painted.append(model.generate(cond, x.shape[-1], e.guidance_scale, e.recon_steps, seed=params.seed))
     out = {}
     clf_dir = params.components.classifier
     clf = AttributeClassifier.load(clf_dir) if clf_dir and Path(clf_dir).is_dir() else None
-    for name, images in (("recon", torch.cat(recon)), ("caption", torch.cat(painted))):
-        u8 = plots.to_uint8(images)
-        out |= {f"{name}_reader_{k}": v for k, v in world.agreement_scores([world.read_image(im) for im in u8], truths).items()}
+    for name in ("recon", "caption"):
+        images = painted[name][:n]
+        out |= {f"{name}_reader_{k}": v for k, v in world.agreement_scores([world.read_image(im) for im in images], truths).items()}
         if clf is not None:
-            out |= {f"{name}_classifier_{k}": v for k, v in world.agreement_scores(teacher.read_by_classifier(clf, u8), truths).items()}
+            out |= {f"{name}_classifier_{k}": v for k, v in world.agreement_scores(teacher.read_by_classifier(clf, images), truths).items()}
     return out
 
 
@@ -100,8 +106,9 @@ def main(params: config.Params) -> None:
         report = conditioning_report(model, val, s.eval.images, s.eval.noise_draws, params.seed)
         PLOTS.mkdir(parents=True, exist_ok=True)
         plots.loss_curves({"stage 1 denoising loss": run.losses}, PLOTS / "loss.png", title="stage 1")
-        reconstruction_grid(model, val, params)
-        reads = reconstruction_reads(model, val, params)
+        painted = paint_back(model, val, params)
+        reconstruction_grid(painted, params)
+        reads = reconstruction_reads(painted, params)
         metrics = {**report, **reads, "final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,
                    "samples": run.samples, "samples_per_second": run.samples / run.seconds if run.seconds else 0.0,
                    "reads": {part: data.reads(ds) for part, ds in opened.items()}}
