@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-paper bench bench-gate ui clean
+.PHONY: install run test test-paper bench bench-gate quality-gate ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 # this checkout's benchmarks against the parent commit's, same machine (threshold: benchmarks/gate.yaml)
 bench-gate: $(STAMP)
 	$(BIN)/python scripts/bench_gate.py
+
+# the whole pipeline under profiles/smoke.yaml vs benchmarks/quality_baseline.json (thresholds: benchmarks/quality.yaml)
+quality-gate: $(STAMP)
+	$(BIN)/python scripts/quality_gate.py
 
 ui: $(STAMP)
 	$(BIN)/vlv ui

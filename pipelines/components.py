@@ -7,7 +7,7 @@ Files are hashed once per size and mtime (vlv.fingerprints), so an unchanged run
 """
 
 from vlv import config, fingerprints
-from vlv.cli import stage
+from vlv.entry import stage
 
 
 @stage("components", main_only=True)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from vlv import config, cost, plots, tracking
-from vlv.cli import stage
+from vlv.entry import stage
 
 STAGES = ("prepare", "pretrain", "stage1", "stage2", "evaluate")  # dvc.yaml order
 METRICS_DIR = Path("metrics")

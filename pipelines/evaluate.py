@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from vlv import config, cost, data, evaluation, inception, plots, tracking, world
 from vlv.captioner import Captioner, caption_batches
 from vlv.classifier import AttributeClassifier
-from vlv.cli import stage
+from vlv.entry import stage
 
 DATA = Path("data/prepared")
 MODEL = Path("models/captioner")
@@ -31,7 +30,7 @@ def main(params: config.Params) -> None:
     with tracking.stage_run("evaluate", params):
         model = Captioner.load(MODEL)
         test = data.ShardDataset(DATA, "test", captions=True, limit=e.images)
-        x = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
+        x = test.pixel_values()
         refs = test.rows["caption"].tolist()
         cfg = model.config
         predicted = caption_batches(model, x, cfg["num_beams"], cfg["max_new_tokens"], e.batch_size, desc="caption test")

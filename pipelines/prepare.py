@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from vlv import config, cost, data, tracking
-from vlv.cli import stage
+from vlv.entry import stage
 
 OUT = Path("data/prepared")
 METRICS = Path("metrics/prepare.json")

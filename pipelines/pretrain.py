@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from vlv import config, pretrain, tracking, verify
-from vlv.cli import stage
+from vlv.entry import stage
 from vlv.train import clear_checkpoints
 
 DATA = Path("data/prepared")

@@ -13,7 +13,7 @@ import torch
 from vlv import autoencoder, components, config, data, fingerprints, latents, plots, teacher, tracking, world
 from vlv.autoencoder import VLVAutoencoder, conditioning_report
 from vlv.classifier import AttributeClassifier
-from vlv.cli import stage
+from vlv.entry import stage
 from vlv.train import clear_checkpoints, fingerprint, spec_from, train
 
 DATA = Path("data/prepared")

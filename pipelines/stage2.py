@@ -10,11 +10,10 @@ curve, and logs it to MLflow as a pyfunc model registered under `tracking.model_
 from pathlib import Path
 
 import mlflow
-import torch
 
 from vlv import captioner, components, config, cost, data, fingerprints, plots, tracking, world
 from vlv.captioner import caption_batches
-from vlv.cli import stage
+from vlv.entry import stage
 from vlv.errors import VLVError
 from vlv.serving import log_captioner
 from vlv.train import clear_checkpoints, fingerprint, spec_from, train
@@ -64,7 +63,7 @@ def main(params: config.Params) -> None:
         data.replace_folder(tmp, OUT)
 
         val = opened["eval"]
-        x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+        x = val.pixel_values()
         predicted = caption_batches(model, x, s.num_beams, s.max_new_tokens, desc="stage2 val")
         refs = val.rows["caption"].tolist()
         metrics: dict = {"final_train_loss": run.final_loss, "seconds": run.seconds, "steps": run.steps,

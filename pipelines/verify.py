@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from vlv import config, verify
-from vlv.cli import stage
+from vlv.entry import stage
 
 METRICS = Path("metrics/verify.json")
 

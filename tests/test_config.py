@@ -58,7 +58,7 @@ def test_profile_paper_overlays_the_recipe_and_params_yaml_changes_win(tmp_path)
 
 
 def test_a_bad_profile_is_one_line(tmp_path):
-    with pytest.raises(ParamsError, match=r"profile: 'papr' has no file .*profiles here: embedded, paper, pretrain$"):
+    with pytest.raises(ParamsError, match=r"profile: 'papr' has no file .*profiles here: embedded, paper, pretrain, smoke$"):
         overlaid(tmp_path, lambda raw: raw.update(profile="papr"))
     (tmp_path / "b").mkdir()
     shutil.copytree(ROOT / "profiles", tmp_path / "b" / "profiles")

@@ -23,7 +23,6 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 Channel = Annotated[int, Field(ge=0, le=255)]
-SPLITS = ("images", "pairs", "val", "test")
 
 
 class Section(BaseModel):

@@ -384,8 +384,13 @@ class ShardDataset:
             mm = self._maps[shard] = np.memmap(self.root / shard, dtype=np.uint8, mode="r")
         return np.asarray(mm[offset : offset + h * w * 3]).reshape(h, w, 3)
 
-    def __getitem__(self, i: int) -> dict:
+    def pixel_values(self, n: int | None = None) -> "torch.Tensor":
+        """The first ``n`` rows (all when None) as one N x 3 x H x W tensor in [-1, 1]."""
+        import torch
 
+        return torch.stack([to_tensor(self.pixels(i)) for i in range(len(self) if n is None else min(n, len(self)))])
+
+    def __getitem__(self, i: int) -> dict:
         out = {"pixel_values": to_tensor(self.pixels(i)), "id": self._id[i]}
         if self.captions:
             out["caption"] = self._caption[i]

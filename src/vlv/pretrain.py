@@ -202,7 +202,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
         runs["vae"] = train(VAEObjective(t2i.vae, p.vae.kl_weight, seed), parts["vae"], spec_from(p.vae, "pretrain.vae", seed),
                             ckpt / "vae", fingerprint(card, p.vae, data_hash, seed), log=tracking.metric_logger("pretrain/vae"))
         web = parts["teacher"]
-        sample = torch.stack([web[i]["pixel_values"] for i in range(min(1024, len(web)))])
+        sample = web.pixel_values(1024)
         t2i.vae.register_to_config(scaling_factor=latent_scaling(t2i.vae, sample))
         if p.clip.steps:
             torch.manual_seed(seed)
@@ -211,7 +211,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
                                  fingerprint(card, p.clip, data_hash, seed), log=tracking.metric_logger("pretrain/clip"))
             val = data.ShardDataset(data_root, "val", captions=True)
             report["clip_val_retrieval"] = contrastive.retrieval_accuracy(
-                torch.stack([val[i]["pixel_values"] for i in range(len(val))]), val.rows["caption"].tolist())
+                val.pixel_values(), val.rows["caption"].tolist())
             report["clip_val_retrieval_chance"] = 1 / max(1, len(val))
         objective = teacher.TeacherObjective(t2i, p.teacher.caption_dropout, seed, p.teacher.snr_gamma,
                                              p.teacher.high_noise_share, p.teacher.high_noise_from, p.teacher.train_text_encoder)
@@ -283,7 +283,7 @@ def vision_report(params: Params, data_root: Path, fl: components.VisionParts, o
     probe on the untrained tower of the same card and seed."""
     n = params.pretrain.vision.val_images
     val = data.ShardDataset(data_root, "val", captions=True, boxes=True, limit=n)
-    val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+    val_x = val.pixel_values()
     size = val_x.shape[-1]
     answers = objective.generate(val_x)
     det = florence.detection_scores(answers, [json.loads(b) for b in val.rows["boxes"]], size)
@@ -291,7 +291,7 @@ def vision_report(params: Params, data_root: Path, fl: components.VisionParts, o
     captions = objective.generate(val_x, prompt_ids=caption_ids)
     said = world.score(captions, val.rows["caption"].tolist())
     pairs = data.ShardDataset(data_root, "pairs", captions=True)
-    pairs_x = torch.stack([pairs[i]["pixel_values"] for i in range(len(pairs))])
+    pairs_x = pairs.pixel_values()
     probe = florence.linear_probe(florence.image_features(fl, pairs_x), pairs.rows["caption"].tolist(),
                                   florence.image_features(fl, val_x), val.rows["caption"].tolist())
     torch.manual_seed(params.seed)
@@ -315,7 +315,7 @@ def check_parts(params: Params, data_root: Path, plots_dir: Path) -> dict:
     refs = val.rows["caption"].tolist()
     if not len(val) or any(world.try_parse(r) is None for r in refs):
         return {}
-    val_x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+    val_x = val.pixel_values()
     report = vae_check(components.load_t2i(c.t2i).vae, val_x, refs)
     clf = AttributeClassifier.load(Path(c.classifier)) if c.classifier else None
     if clf is not None:

@@ -157,12 +157,10 @@ def study_spent_usd(experiment_id: str, study_name: str) -> float:
 
 # ----------------------------------------------------------------------------- one trial
 def _val(params: config.Params, n: int):
-    import torch
-
     val = data.ShardDataset(DATA, "val", captions=True, limit=n)
     if not len(val):
         raise VLVError("the val split is empty; a sweep scores trials on it: raise prepare.splits.val")
-    x = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
+    x = val.pixel_values()
     return val, x, val.rows["caption"].tolist()
 
 

@@ -24,7 +24,6 @@ from typing import Iterator
 from .config import Params, dump, flatten
 from .errors import VLVError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _pipeline_id: str | None = None
 
 

@@ -84,7 +84,7 @@ def prepared_batch(data_root: Path) -> Batch:
     pairs = data.ShardDataset(data_root, "pairs", captions=True, limit=2)
     if len(pairs) == 0:
         raise VLVError(f"verify: {data_root} has no pairs; the check needs captioned images (prepare.splits.pairs above 0)")
-    return Batch(torch.stack([pairs[i]["pixel_values"] for i in range(len(pairs))]), pairs.rows["caption"].tolist(),
+    return Batch(pairs.pixel_values(), pairs.rows["caption"].tolist(),
                  str(data_root))
 
 

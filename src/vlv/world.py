@@ -19,8 +19,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-SPEC_VERSION = 1
-
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0),
     "white": (255, 255, 255),
@@ -72,10 +70,6 @@ class Attributes:
 
     def to_dict(self) -> dict:
         return {"background": self.background, "objects": [asdict(o) for o in self.objects]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Attributes":
-        return cls(tuple(Obj(**o) for o in d["objects"]), d["background"])
 
 
 @dataclass(frozen=True)
