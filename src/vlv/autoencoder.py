@@ -1,4 +1,4 @@
-"""Stage 1: the VLV auto-encoder (PAPER.md, stage 1).
+"""Stage 1: the VLV auto-encoder (docs/METHOD.md, stage 1).
 
 image -> Florence-2 (vision tower + projector, merged with the task prompt, through its
 language-model encoder) -> its decoder fed ``Nq`` learnable queries as input embeddings

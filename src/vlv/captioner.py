@@ -1,4 +1,4 @@
-"""Stage 2: the captioner (PAPER.md, stage 2).
+"""Stage 2: the captioner (docs/METHOD.md, stage 2).
 
 image -> VLV encoder (from stage 1) -> frozen CLIP text encoder through its embedding path
 -> MLP (CLIP hidden -> LLM hidden) -> prefix ``inputs_embeds`` of a causal LM, which is

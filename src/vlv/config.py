@@ -293,7 +293,7 @@ class RecipeStage(Section):
 
 
 class Projection(Section):
-    """The paper recipe the cost report projects from measured throughput (PAPER.md)."""
+    """The paper recipe the cost report projects from measured throughput (docs/METHOD.md)."""
 
     stage1: RecipeStage = RecipeStage(steps=200_000, global_batch=512)
     stage2: RecipeStage = RecipeStage(steps=100_000, global_batch=64)

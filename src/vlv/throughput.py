@@ -5,7 +5,7 @@ frozen VAE) and the stage-2 model (encoder -> frozen CLIP -> MLP -> LLM prefix) 
 architecture cards (nothing is downloaded), and times training steps in two settings:
 
 - ``official``: the reference recipe's setting: stage 1 in fp32 with UNet gradient
-  checkpointing and the frozen VAE encoding every batch again, stage 2 in bf16 (PAPER.md);
+  checkpointing and the frozen VAE encoding every batch again, stage 2 in bf16 (docs/METHOD.md);
   Florence-2 with eager attention (the reference runs the hub's remote-code Florence-2, whose
   attention is written out by hand), the other parts with their libraries' defaults;
 - ``ours``: this project's: bf16 autocast (or ``--precision fp32``), SDPA attention, VAE
@@ -53,7 +53,7 @@ class CardSet:
 
 
 CARD_SETS = {
-    # PAPER.md: resolution 384 (latents 48x48), Nq 77; stage 1 batch 512 on 8 GPUs = 64 per GPU;
+    # docs/METHOD.md: resolution 384 (latents 48x48), Nq 77; stage 1 batch 512 on 8 GPUs = 64 per GPU;
     # stage 2 batch 64 on 8 GPUs = 8 per GPU, captions of 227 tokens on average
     "paper": CardSet("sd-2.1-base", "florence2-large", "qwen2.5-3b", 384, 77, 64, 8, 227),
     # the embedded world (params.yaml defaults): a CPU check of the code path
@@ -105,7 +105,7 @@ class Measurement:
 
 
 def settings(stage: str, precision: str, compile: bool) -> list[Setting]:
-    official = "fp32" if stage == "stage1" else "bf16"  # PAPER.md: stage 1 FP32 "for stability", stage 2 bf16
+    official = "fp32" if stage == "stage1" else "bf16"  # docs/METHOD.md: stage 1 FP32 "for stability", stage 2 bf16
     return [Setting("official", official, checkpointing=True, cached_latents=False, eager_vision=True),
             Setting("ours", precision, checkpointing=False, cached_latents=True, eager_vision=False, compile=compile)]
 
