@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
         env.update(GIT_AUTHOR_NAME="gate", GIT_AUTHOR_EMAIL="gate@localhost", GIT_COMMITTER_NAME="gate",
                    GIT_COMMITTER_EMAIL="gate@localhost")
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+        if git("status", "--porcelain", "--untracked-files=normal").stdout.strip():
+            commit += "+changes"  # the copy holds uncommitted changes on top of that commit
         scratch = Path(tempfile.mkdtemp(prefix="vlv-quality-"))
         try:
             scratch_copy(scratch, env)
@@ -209,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     rows = compare(cfg["metrics"], baseline, this)
-    commit = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
     record = {"commit": commit, "date": dt.date.today().isoformat(), "profile": cfg["profile"],
               "patch": str(args.apply) if args.apply else None, "pipeline_seconds": round(seconds, 1),
               "stage_seconds": stages, "metrics": this}

@@ -224,11 +224,11 @@ class Stage1Eval(Section):
     noise_draws: PosInt = Field(2, description="noise/timestep draws per image (shared by every condition)")
     recon_images: PosInt = 8
     recon_steps: PosInt = 25
-    guidance_scale: NonNegFloat = 2.0
+    guidance_scale: NonNegFloat = 3.0
 
 
 class Stage1(Loop):
-    steps: PosInt = 250
+    steps: PosInt = 3000
     optim: Optim = Optim(lr=1e-3, warmup_steps=50)
     num_queries: Annotated[int, Field(gt=0, le=512)] = 24
     trainable: list[EncoderPart] = Field(
