@@ -12,6 +12,7 @@ Run from the repository root of the checkout that trained them.
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def main() -> int:
         shutil.copytree(a.src / part, a.out / part)
     if "t2i" in a.parts:
         shutil.copy(a.plots / "teacher_samples.png", a.out / "teacher_samples.png")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # git status reads; it does not rewrite .git/index
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], env=env, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], env=env, capture_output=True, text=True).stdout.strip()
     record_path = a.out / "RECORD.json"
     runs = json.loads(record_path.read_text())["runs"] if record_path.is_file() else []
     for run in runs:  # the parts shipped now replace their earlier versions

@@ -1,7 +1,9 @@
 """The `vlv` command (pipelines/ scripts run under ``vlv.entry.stage``).
 
 User-facing failures (bad params, a missing folder, ...) raise ``VLVError`` and are
-printed as one line on stderr with exit status 2: never a traceback.
+printed as one line on stderr with exit status 2; anything else unexpected is one line naming
+a log file with the traceback, exit 1 (vlv.entry.crash); a reader that closes the pipe early
+(``vlv params --show | head``) is one line, exit 1. Never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import config, tracking
-from .entry import fail
+from .entry import crash, fail
 from .errors import VLVError
 
 
@@ -196,8 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except VLVError as err:
         fail(str(err))
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        print(f"error: vlv {args.command}: the reader of its output closed the pipe early; output cut short "
+              f"(write it to a file to keep all of it)", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as err:
+        crash(f"vlv {args.command}", err)
 
 
 if __name__ == "__main__":

@@ -465,10 +465,14 @@ def _read_yaml(path: Path, what: str) -> Any:
     try:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
+        if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow (a NUL, a control byte)
+            code = err.character if isinstance(err.character, int) else ord(err.character)
+            raise ParamsError(f"{path}: {what} holds character U+{code:04X} (at character {err.position}), "
+                              f"which YAML does not allow; save it as plain UTF-8 text") from None
         mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f": line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ParamsError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+        raise ParamsError(f"{path}{where}: {problem}; fix the YAML syntax") from None
 
 
 def _section(model: Any, key: str) -> Any:

@@ -101,11 +101,18 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 # -------------------------------------------------------------------------------- tags
+def git(*args: str, cwd: Path, check: bool = False) -> str:
+    """A read-only git command's stdout. GIT_OPTIONAL_LOCKS=0: `git status` does not refresh
+    and rewrite .git/index, so a stage never writes the repository (or races a user's git)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=check).stdout.strip()
+
+
 def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
     cwd = cwd or Path.cwd()
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True).stdout.strip())
+        sha = git("rev-parse", "HEAD", cwd=cwd, check=True)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", cwd=cwd))
         return sha, dirty
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False

@@ -17,7 +17,11 @@ Checkpoints (every ``checkpoint_every`` steps and at the end) are folders writte
 temporary name and renamed: trainable weights (safetensors), optimizer and LR-scheduler
 state, per-process RNG state, and meta.json (step, losses, seconds, fingerprint). A stage
 restarted after a crash or kill -9 resumes from the newest checkpoint whose fingerprint
-(the params and data it was made for) matches; any other checkpoint is discarded.
+(the params and data it was made for) matches; any other checkpoint is discarded. A newest
+checkpoint that cannot be read (a truncated file, an optimizer.pt that is more than tensors,
+non-finite weights) is passed over with one warning line for the one before it; when none reads,
+one line names them to delete. A checkpoint is written only while the weights are finite, so
+the one the NaN guard calls last good, and a re-run resumes from, never holds blown-up weights.
 
 Inside a stage run the loop feeds the stage's cost meter (vlv.cost): samples per step, and
 the device-hours a resumed checkpoint had already spent (kept in meta.json, so they are not
@@ -31,13 +35,16 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -201,10 +208,21 @@ def _step_dirs(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.glob("step-*") if (p / "meta.json").is_file())
 
 
-def latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
-    for d in reversed(_step_dirs(ckpt_dir)):
+def _meta(d: Path) -> dict | None:
+    """A checkpoint's meta.json, or None when it cannot be read (truncated, not JSON)."""
+    try:
         meta = json.loads((d / "meta.json").read_text())
-        if meta.get("fingerprint") == fingerprint:
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """The newest checkpoint made for ``fingerprint`` whose meta.json reads (its other files
+    are read only on resume, which falls back further when one cannot be)."""
+    for d in reversed(_step_dirs(ckpt_dir)):
+        meta = _meta(d)
+        if meta is not None and meta.get("fingerprint") == fingerprint:
             return d
     return None
 
@@ -242,25 +260,79 @@ def _save(ckpt_dir: Path, step: int, model, optimizer, scheduler, meta: dict, ac
     acc.wait_for_everyone()
 
 
+class Unreadable(VLVError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not plain tensors)."""
+
+
+def _read(file: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(file)``, or Unreadable saying in one line which file and why."""
+    try:
+        with warnings.catch_warnings():  # torch.load warns about a foreign pickle before refusing it
+            warnings.simplefilter("ignore")
+            return reader(file)
+    except pickle.UnpicklingError:
+        raise Unreadable(f"{file.name} holds more than tensors and torch.load(weights_only=True) refused it") from None
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise Unreadable(f"{file.name}: {why}") from None
+
+
 def _load(path: Path, model, optimizer, scheduler, acc) -> dict:
-    weights = load_file(str(path / "weights.safetensors"))
+    """Read every file of checkpoint ``path`` (Unreadable if one cannot be), then load it into
+    the model, optimizer, scheduler and RNG. Returns its meta."""
+    meta = _meta(path)
+    if meta is None or not all(k in meta for k in ("step", "losses", "seconds")):
+        raise Unreadable("meta.json is not the JSON a checkpoint writes (truncated?)")
+    weights = _read(path / "weights.safetensors", lambda f: load_file(str(f)))
     target = acc.unwrap_model(model)
     missing = [n for n, p in target.named_parameters() if p.requires_grad and n not in weights]
     if missing:
-        raise VLVError(f"checkpoint {path} lacks {len(missing)} trainable tensors (e.g. {missing[0]}); delete it to start fresh")
+        raise Unreadable(f"weights.safetensors lacks {len(missing)} trainable tensors (e.g. {missing[0]})")
+    bad = [n for n, w in weights.items() if w.is_floating_point() and not bool(torch.isfinite(w).all())]
+    if bad:
+        raise Unreadable(f"weights.safetensors holds non-finite values (e.g. {bad[0]})")
+    optim_state = _read(path / "optimizer.pt", lambda f: torch.load(f, weights_only=True, map_location="cpu"))
+    sched_state = _read(path / "scheduler.pt", lambda f: torch.load(f, weights_only=True))
+    rng_file = path / f"rng-{acc.process_index}.safetensors"
+    rng = _read(rng_file, lambda f: load_file(str(f))) if rng_file.is_file() else None
     with torch.no_grad():
         for n, p in target.named_parameters():
             if n in weights:
                 p.copy_(weights[n].to(p.device, p.dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_file = path / f"rng-{acc.process_index}.safetensors"
-    if rng_file.is_file():
-        rng = load_file(str(rng_file))
+    try:
+        optimizer.load_state_dict(optim_state)
+        scheduler.load_state_dict(sched_state)
+    except (ValueError, KeyError, TypeError) as err:
+        raise Unreadable(f"optimizer.pt or scheduler.pt does not fit this model ({err})") from None
+    if rng is not None:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-    return json.loads((path / "meta.json").read_text())
+    return meta
+
+
+def _resume(ckpt_dir: Path, fingerprint: str, model, optimizer, scheduler, acc, name: str) -> tuple[Path, dict] | None:
+    """Load the newest checkpoint made for ``fingerprint`` that reads; one warning line for each
+    newer one that does not (a truncated file, a planted pickle, non-finite weights). None when
+    there is no checkpoint for it; VLVError when there are some and none reads."""
+    bad: list[tuple[Path, str]] = []
+    for d in reversed(_step_dirs(ckpt_dir)):
+        meta = _meta(d)
+        if meta is not None and meta.get("fingerprint") != fingerprint:
+            continue  # made for other params or data
+        try:
+            meta = _load(d, model, optimizer, scheduler, acc)
+        except Unreadable as err:
+            bad.append((d, str(err)))
+            if acc.is_main_process:
+                print(f"warning: {name}: checkpoint {d} cannot be read ({err}); trying the one before it")
+            continue
+        return d, meta
+    if bad:
+        names = ", ".join(str(d) for d, _ in bad)
+        raise VLVError(f"{name}: no checkpoint in {ckpt_dir} can be read ({bad[0][0].name}: {bad[0][1]}); "
+                       f"delete {names} to start fresh")
+    return None
 
 
 # ---------------------------------------------------------------------------------- loop
@@ -338,13 +410,18 @@ def train(
 
     start, losses, seconds_before, hours_before = 0, [], 0.0, 0.0
     meter = cost.active()  # the stage's cost meter; None outside a stage run
-    found = latest_checkpoint(ckpt_dir, fingerprint)
-    if found is None and _step_dirs(ckpt_dir) and acc.is_main_process:
+    resumed = _resume(ckpt_dir, fingerprint, ddp_model, optimizer, scheduler, acc, spec.name)
+    if acc.num_processes > 1:  # every process must resume from the same step (each reads its own RNG file)
+        steps = acc.gather(torch.tensor([resumed[1]["step"] if resumed else -1], device=acc.device))
+        if int(steps.min()) != int(steps.max()):
+            raise VLVError(f"{spec.name}: the processes resume from different checkpoints in {ckpt_dir} "
+                           f"(steps {sorted(set(steps.tolist()))}); delete the newer one to resume from the older")
+    if resumed is None and _step_dirs(ckpt_dir) and acc.is_main_process:
         print(f"{spec.name}: checkpoints in {ckpt_dir} are for other params or data; starting fresh")
         clear_checkpoints(ckpt_dir)
     acc.wait_for_everyone()
-    if found is not None:
-        meta = _load(found, ddp_model, optimizer, scheduler, acc)
+    if resumed is not None:
+        found, meta = resumed
         start, losses, seconds_before = meta["step"], meta["losses"], meta["seconds"]
         hours_before = meta.get("cost", {}).get("device_hours", 0.0)
         if meter is not None:  # spent before the kill: carried, not counted again
@@ -380,6 +457,19 @@ def train(
         if acc.num_processes > 1:
             stop = bool(acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="max"))
         return (line or f"{spec.name}: over budget (another process's check)") if stop else None
+
+    def checkpoint(done: int) -> None:
+        """Save step ``done``, only with finite weights: the NaN guard's "last good" checkpoint
+        (and the one a re-run resumes from) never holds weights an update blew up."""
+        trainable = [p for g in groups for p in g["params"]]
+        if not bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all()):
+            bar.close()
+            kept = latest_checkpoint(ckpt_dir, fingerprint)
+            raise VLVError(
+                f"{spec.name}: the weights are not finite after step {done} (the update blew up; the loss was "
+                f"{losses[-1]}); not saved. Last good checkpoint: {kept or 'none'}. Lower {spec.name} lr or check the inputs"
+            )
+        _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
 
     line = over_budget(start)
     if line:
@@ -427,11 +517,11 @@ def train(
                 log(done, metrics)
         saved = (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == spec.steps
         if saved:
-            _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
+            checkpoint(done)
         line = over_budget(done) if meter is not None and meter.due(done, start) and done < spec.steps else None
         if line:
             if not saved:
-                _save(ckpt_dir, done, ddp_model, optimizer, scheduler, meta(done), acc)
+                checkpoint(done)
             bar.close()
             raise VLVError(f"{line}; stopped, checkpoint {ckpt_dir / f'step-{done:08d}'} kept: raise cost.budget_usd and re-run to resume")
         if on_step is not None:
