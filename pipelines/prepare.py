@@ -18,7 +18,7 @@ def main(params: config.Params) -> None:
         cost.add_samples(summary.accepted + sum(summary.rejected.values()))
         print(summary.line(OUT))
         data.sample_grid(OUT, SAMPLES, split="pairs" if summary.splits.get("pairs") else "images")
-        tracking.record("prepare", summary.to_dict(), METRICS, [OUT / "rejected.csv", OUT / "summary.json", SAMPLES])
+        tracking.record("prepare", summary.metrics(), METRICS, [OUT / "rejected.csv", OUT / "summary.json", SAMPLES])
 
 
 if __name__ == "__main__":

@@ -201,13 +201,74 @@ def test_pyfunc_model_logs_registers_loads_and_predicts(folder, registered, tmp_
     png = tmp_path / "a.png"
     Image.fromarray(SCENES[0].render()).save(png)
     b64 = base64.b64encode(png.read_bytes()).decode()
-    model = mlflow.pyfunc.load_model("models:/test-captioner/latest")
+    # a model config's image_root lets requests name files inside that folder (here, tmp_path)
+    model = mlflow.pyfunc.load_model("models:/test-captioner/latest", model_config={"image_root": str(tmp_path)})
     out = model.predict(pd.DataFrame({"image": [b64, str(png), "not an image"]}))
     direct = Captioner.load(folder).generate(pixels(SCENES[:1] * 2), 1, 24)[0]  # same batch as the two readable rows
     assert list(out["caption"][:2]) == [direct, direct]
-    assert out["caption"][2] is None or pd.isna(out["caption"][2])
-    assert "row 2" in out["error"][2] and pd.isna(out["error"][0])
+    assert out["caption"][2] is None
+    assert "row 2" in out["error"][2] and out["error"][0] is None
+    plain = mlflow.pyfunc.load_model("models:/test-captioner/latest").predict(pd.DataFrame({"image": [str(png)]}))
+    assert plain["caption"][0] is None and "not base64 image bytes" in plain["error"][0]  # by default: no server path
     mlflow.set_tracking_uri(None)
+
+
+def served(folder: Path, image_root: Path | None = None):
+    """The pyfunc model as `mlflow models serve` loads it, without MLflow's loader or a server."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from vlv.serving import CaptionerModel
+
+    model = CaptionerModel()
+    model.load_context(PythonModelContext({"captioner": str(folder)}, {"image_root": str(image_root)} if image_root else {}))
+    return model
+
+
+def answers(model, entries: list) -> list[dict]:
+    """predict's rows as the server's JSON answer carries them (a bare NaN fails the parse)."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    out = model.predict(None, pd.DataFrame({"image": entries}))
+    buf = io.StringIO()
+    predictions_to_json(out, buf)
+
+    def bare(constant):
+        raise AssertionError(f"the JSON answer holds a bare {constant}")
+
+    return json.loads(buf.getvalue(), parse_constant=bare)["predictions"]
+
+
+def test_served_model_reads_base64_only_and_answers_null_not_nan(folder, tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(SCENES[0].render()).save(png)
+    b64 = base64.b64encode(png.read_bytes()).decode()
+    rows = answers(served(folder), [b64, str(png), str(tmp_path / "missing.png"), "/etc/passwd", "not an image"])
+    assert isinstance(rows[0]["caption"], str) and rows[0]["error"] is None
+    assert all(r["caption"] is None for r in rows[1:])
+    said = {r["error"].split(": ", 1)[1] for r in rows[1:]}  # after "row i: "
+    assert said == {"not base64 image bytes; send the image's bytes base64-encoded"}, said  # an existing file reads as a missing one
+    assert answers(served(folder), [str(png)]) == [{"caption": None, "error": "row 0: " + said.pop()}]  # all rows failed: still null
+
+
+def test_served_model_with_an_image_root_reads_only_inside_it(folder, tmp_path):
+    allowed, outside = tmp_path / "allowed", tmp_path / "secret.png"
+    (allowed / "sub").mkdir(parents=True)
+    Image.fromarray(SCENES[0].render()).save(allowed / "sub" / "a.png")
+    Image.fromarray(SCENES[1].render()).save(outside)
+    (allowed / "link.png").symlink_to(outside)  # a link inside that leads out
+    model = served(folder, allowed)
+    inside = ["sub/a.png", str(allowed / "sub" / "a.png"), base64.b64encode((allowed / "sub" / "a.png").read_bytes()).decode()]
+    refused = ["../secret.png", str(outside), "link.png", "../missing.png", str(tmp_path / "missing.png"), "sub/missing.png",
+               "sub", "/etc/passwd", "sub/a.png\0"]
+    rows = answers(model, inside + refused)
+    assert len({r["caption"] for r in rows[:3]}) == 1 and all(r["error"] is None and r["caption"] for r in rows[:3])
+    said = {r["error"].split(": ", 1)[1] for r in rows[3:]}
+    assert said == {"neither base64 image bytes nor a readable file inside the model's image folder"}, said
+    assert all(r["caption"] is None for r in rows[3:])
+    with pytest.raises(VLVError, match="model config image_root: .* is not a folder"):
+        served(folder, tmp_path / "no-such-folder")
 
 
 @pytest.mark.slow  # ~20 s: a server process that imports mlflow, torch and the model

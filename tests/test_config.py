@@ -39,7 +39,7 @@ def overlaid(tmp_path, edit) -> tuple[config.Params, str | None]:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     edit(raw)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    return config.load_with_note(tmp_path / "params.yaml")
+    return config.load_with_note(tmp_path / "params.yaml", check_folders=False)  # "/my/sd" exists nowhere
 
 
 def test_profile_paper_overlays_the_recipe_and_params_yaml_changes_win(tmp_path):
@@ -184,6 +184,98 @@ def test_stage_script_with_bad_params_fails_before_compute(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "prepare.splits" in r.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "mlruns").exists()
+
+
+# ------------------------------------------------------- what the params name on disk, at load
+def parts_in(tmp_path: Path, positions: int | None = 77) -> dict:
+    """Component folders in tmp_path, each with a file; t2i's text encoder says ``positions``."""
+    parts = {}
+    for part in ("t2i", "vision", "llm", "classifier"):
+        (tmp_path / part).mkdir(parents=True)
+        (tmp_path / part / "config.json").write_text("{}")
+        parts[part] = str(tmp_path / part)
+    if positions is not None:
+        (tmp_path / "t2i" / "text_encoder").mkdir()
+        (tmp_path / "t2i" / "text_encoder" / "config.json").write_text(f'{{"max_position_embeddings": {positions}}}')
+    return parts
+
+
+def params_file(tmp_path: Path, **sections) -> Path:
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(sections))
+    return f
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_num_queries_over_the_text_encoders_positions_fails_when_params_load(tmp_path):
+    parts = parts_in(tmp_path)
+    f = params_file(tmp_path, components=parts, stage1={"num_queries": 100})  # the schema allows 512
+    assert config.load(f).stage1.num_queries == 100  # the schema alone: no folders read
+    with pytest.raises(ParamsError) as err:
+        config.load_with_note(f)
+    msg = one_line(err)
+    assert msg.startswith(f"{f}: stage1.num_queries: 100 query tokens exceed the 77 positions")
+    assert str(tmp_path / "t2i" / "text_encoder" / "config.json") in msg and "at most 77" in msg
+    assert config.load_with_note(params_file(tmp_path, components=parts, stage1={"num_queries": 77}))[0].stage1.num_queries == 77
+
+
+def test_num_queries_of_a_card_built_t2i_is_checked_against_its_card(tmp_path, monkeypatch):
+    parts = parts_in(tmp_path)
+    monkeypatch.chdir(tmp_path)  # models/pretrained/t2i does not exist yet: pretrain builds it from the card
+    f = params_file(tmp_path, pretrain={"mode": "train"}, components={**parts, "t2i": "models/pretrained/t2i"},
+                    stage1={"num_queries": 100})
+    with pytest.raises(ParamsError) as err:
+        config.load_with_note(f)
+    assert f"card {config.T2I_CARD}" in one_line(err) and "exceed the 77 positions" in one_line(err)
+
+
+def test_num_queries_is_not_checked_when_no_text_encoder_config_is_readable(tmp_path):
+    f = params_file(tmp_path, components=parts_in(tmp_path, positions=None), stage1={"num_queries": 100})
+    assert config.load_with_note(f)[0].stage1.num_queries == 100  # the stage that loads the folder says what is wrong
+
+
+@pytest.mark.parametrize("part", ["t2i", "vision", "llm", "classifier"])
+@pytest.mark.parametrize("problem", ["missing", "empty"])
+def test_a_missing_or_empty_components_folder_fails_when_params_load(tmp_path, part, problem):
+    parts = parts_in(tmp_path / "parts")
+    shutil.rmtree(parts[part])
+    if problem == "empty":
+        Path(parts[part]).mkdir()
+    f = params_file(tmp_path, components=parts)
+    with pytest.raises(ParamsError) as err:
+        config.load_with_note(f)
+    words = "does not exist" if problem == "missing" else "is empty"
+    assert one_line(err) == f"{f}: components.{part}: folder {parts[part]} {words}; point it at the {part} model folder"
+
+
+def test_folders_pretrain_writes_and_null_parts_are_not_required(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trains_all = params_file(tmp_path, pretrain={"mode": "train"}, components=dict(config.MADE_HERE))
+    assert config.load_with_note(trains_all)[0].made_here() == ["t2i", "llm", "vision", "classifier"]
+    parts = parts_in(tmp_path / "parts")
+    no_optional = params_file(tmp_path, components={**parts, "vision": None, "classifier": None})
+    assert config.load_with_note(no_optional)[0].components.vision is None
+    with pytest.raises(ParamsError, match="components.t2i: folder /models/stable-diffusion-2-1-base does not exist"):
+        config.load(ROOT / "profiles/paper.yaml", check_folders=True)  # the recipe loads (above); its folders live elsewhere
+
+
+def test_vlv_params_and_a_stage_stop_on_a_missing_t2i_folder_with_one_line(tmp_path):
+    parts = parts_in(tmp_path / "parts")
+    bad = params_file(tmp_path, components={**parts, "t2i": str(tmp_path / "no-such-sd")})
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for args in (["-m", "vlv.cli", "params", "--params", str(bad)], [str(ROOT / "pipelines/prepare.py"), "--params", str(bad)]):
+        r = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert f"components.t2i: folder {tmp_path / 'no-such-sd'} does not exist" in r.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlruns").exists()
+    good = params_file(tmp_path, components=parts)
+    r = subprocess.run([sys.executable, "-m", "vlv.cli", "params", "--params", str(good)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and ": ok (profile embedded" in r.stdout
 
 
 def test_flatten_gives_dotted_keys():

@@ -148,6 +148,12 @@ ZOO = {
     "modes/p_transparent.png": None,
     "modes/i16.png": None,
     "modes/l.png": None,
+    "linked": "folder_link",  # a symbolic link to a folder of images outside the input: not followed
+    "captions.csv:5": "orphan_caption",  # a captions.csv row for a file that does not exist
+    "captions.csv:6": "duplicate_caption",  # ok/b.jpg's second row: the first row's caption is used
+    "ok/f.png": None,
+    "ok/f.txt": "caption_not_utf8",  # its sidecar is Latin-1: the image is kept, the caption listed
+    "ok/a.caption": "duplicate_caption",  # a second sidecar: ok/a.txt is the one used
 }
 CAPTIONS = {  # expected manifest caption by id (None: null)
     "ok/a.png": "a sidecar caption",
@@ -156,6 +162,7 @@ CAPTIONS = {  # expected manifest caption by id (None: null)
     "ok/d.png": "sidecar wins",
     "ok/nested/e.png": "nested csv caption",
     "modes/l.png": None,
+    "ok/f.png": None,
 }
 MODES = {
     "modes/cmyk.jpg": "CMYK",
@@ -179,14 +186,20 @@ def build_zoo(root: Path) -> None:
     good = enc(noise(32, 32, 1), "PNG")
     put("ok/a.png", good)
     put("ok/a.txt", "  a sidecar caption \n")
+    put("ok/a.caption", "the other sidecar")
     put("ok/b.jpg", enc(noise(40, 40, 2), "JPEG", quality=90))
     put("ok/c.png", enc(noise(32, 48, 3), "PNG"))
     put("ok/d.png", enc(noise(32, 32, 4), "PNG"))
     put("ok/d.txt", "sidecar wins")
     put("ok/nested/e.png", enc(noise(32, 32, 5), "PNG"))
-    csv_rows = {"ok/b.jpg": "a csv caption", "ok/d.png": "csv loses", "ok/nested/e.png": "nested csv caption"}
-    pd.DataFrame({"file": list(csv_rows), "caption": list(csv_rows.values())}).to_csv(root / "captions.csv", index=False)
+    csv_rows = [("ok/b.jpg", "a csv caption"), ("ok/d.png", "csv loses"), ("ok/nested/e.png", "nested csv caption"),
+                ("ok/missing.png", "a caption of nothing"), ("ok/b.jpg", "a second caption for b")]  # lines 2..6
+    pd.DataFrame(csv_rows, columns=["file", "caption"]).to_csv(root / "captions.csv", index=False)
     put("zz/dup.png", good)
+    put("ok/f.png", enc(noise(32, 32, 16), "PNG"))
+    put("ok/f.txt", "un caf\u00e9 cr\u00e8me".encode("latin-1"))
+    put("../elsewhere/g.png", enc(noise(32, 32, 17), "PNG"))  # outside the input folder ...
+    os.symlink(root.parent / "elsewhere", root / "linked", target_is_directory=True)  # ... linked into it
 
     put("empty.png", b"")
     jpg = enc(noise(64, 64, 6), "JPEG", quality=90)
@@ -254,6 +267,19 @@ def test_zoo_bomb_reports_size_and_duplicate_names_original(zoo):
     by = rejected.set_index("rel")["detail"]
     assert "200x200" in by["bomb.png"] and "100000x100000" in by["bomb_header.png"]
     assert str(root / "ok/a.png") in by["zz/dup.png"]
+
+
+def test_zoo_folder_link_csv_rows_and_a_bad_sidecar_say_why(zoo):
+    root, _, _, manifest, rejected, _ = zoo
+    by = rejected.set_index("rel")["detail"]
+    assert "symbolic link to a folder" in by["linked"] and "not followed" in by["linked"]
+    assert str(root.parent / "elsewhere") in by["linked"]
+    assert not manifest["source"].str.contains("elsewhere").any()  # its image was not read another way
+    assert "'ok/missing.png'" in by["captions.csv:5"] and "not an image in the folder" in by["captions.csv:5"]
+    assert "'ok/b.jpg' again" in by["captions.csv:6"] and "line 2 is used" in by["captions.csv:6"]
+    assert "not UTF-8" in by["ok/f.txt"] and "the image is kept without a caption" in by["ok/f.txt"]
+    assert "ok/f.png" in set(manifest["id"])
+    assert "a.txt is this image's caption file" in by["ok/a.caption"]
 
 
 def test_zoo_captions_from_sidecar_and_csv(zoo):
@@ -337,6 +363,79 @@ def test_png_header_bomb_rejected_under_default_cap_without_decoding(tmp_path):
     assert time.perf_counter() - t0 < 5  # 10 gigapixels were never allocated
     assert rejected["reason"].tolist() == ["too_large"]
     assert manifest["id"].tolist() == ["ok.png"]
+
+
+def test_a_file_name_that_is_not_utf8_is_rejected_not_a_traceback(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    bad = src / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: Python holds them as surrogate escapes
+    try:
+        bad.write_bytes(enc(noise(32, 32, 18), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    (src / "ok.png").write_bytes(enc(noise(32, 32, 19), "PNG"))
+    _, manifest, rejected, _ = run(make_params("folder", src), tmp_path / "out")
+    assert manifest["id"].tolist() == ["ok.png"]
+    assert rejected["reason"].tolist() == ["bad_name"]
+    assert rejected["source"].item() == f"{src}/caf\\xe9.png"  # the raw byte, written as \xe9
+    assert "not valid UTF-8" in rejected["detail"].item() and "rename" in rejected["detail"].item()
+
+
+@pytest.mark.parametrize("source", ["folder", "synthetic"])
+def test_prepare_twice_with_the_same_params_gives_the_same_bytes(tmp_path, source):
+    """data/prepared is a DVC out: the same inputs and params must give the same files, byte for
+    byte (timings belong in metrics/prepare.json only)."""
+    if source == "folder":
+        build_zoo(tmp_path / "in")
+        params = make_params("folder", tmp_path / "in", max_megapixels=0.01, composite_background=list(BG), shard_size=8)
+    else:
+        params = make_params("synthetic", num_images=60, shard_size=16)
+    first, second = prepare(params, tmp_path / "a", progress=False), prepare(params, tmp_path / "b", progress=False)
+    assert first.accepted == second.accepted > 0
+    files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert files(tmp_path / "a") == files(tmp_path / "b") and "summary.json" in files(tmp_path / "a")
+    for name in files(tmp_path / "a"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "seconds" not in json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert first.metrics()["seconds"] >= 0  # the timing is still measured, for the stage's metrics
+
+
+def test_the_prepare_stage_logs_a_16_bit_image_to_mlflow(tmp_path, monkeypatch):
+    """The converted modes are metric names ("converted_by_mode.I;16"); MLflow refuses ";", which
+    failed the stage after data/prepared was written. The stage as DVC runs it, on an I;16 image."""
+    import importlib.util
+
+    import mlflow
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "in"
+    src.mkdir()
+    i16 = np.full((32, 32), 40000, np.uint16)
+    (src / "i16.png").write_bytes(enc(Image.fromarray(i16), "PNG"))
+    (src / "rgb.png").write_bytes(enc(noise(32, 32, 60), "PNG"))
+    shipped = {part: str(root / "pretrained/shapes-world" / part) for part in ("t2i", "vision", "llm", "classifier")}
+    params = {"prepare": {"source": "folder", "path": str(src), "min_side": 8, "web_images": 0,
+                          "splits": {"images": 1.0, "pairs": 0.0, "val": 0.0, "test": 0.0}},
+              "components": shipped, "tracking": {"system_metrics": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("prepare_stage", root / "pipelines/prepare.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    try:
+        stage.main(["--params", "params.yaml"])
+        runs = mlflow.search_runs(experiment_names=["vlv"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(runs) == 1 and runs["status"].item() == "FINISHED"
+    assert runs["metrics.prepare/converted_by_mode.I_16"].item() == 1 and runs["metrics.prepare/accepted"].item() == 2
+    assert runs["metrics.prepare/seconds"].item() >= 0  # the timing: in the metrics, not in data/prepared
+    metrics = json.loads((tmp_path / "metrics/prepare.json").read_text())
+    assert metrics["converted_by_mode"] == {"I;16": 1} and "seconds" in metrics
+    assert pd.read_parquet(tmp_path / "data/prepared/manifest.parquet").set_index("id").loc["i16.png", "src_mode"] == "I;16"
 
 
 # --------------------------------------------------------------------- unreadable files
@@ -466,6 +565,29 @@ def test_parquet_non_bytes_image_column_is_rejected_not_a_crash(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_parquet_caption_column_of_ints_is_said_once_and_images_kept(tmp_path):
+    f = tmp_path / "ints.parquet"
+    pd.DataFrame({"key": ["a", "b", "c"], "image": [enc(noise(32, 32, 61 + i), "PNG") for i in range(3)],
+                  "caption": [1, 2, 3]}).to_parquet(f, index=False)
+    _, manifest, rejected, info = run(make_params("parquet", f), tmp_path / "out")
+    assert captions(manifest) == {"ints/a": None, "ints/b": None, "ints/c": None}  # every image kept
+    assert rejected["reason"].tolist() == ["caption_not_text"] and rejected["source"].item() == f"{f}[caption]"
+    detail = rejected["detail"].item()
+    assert "int64" in detail and "3 images" in detail and "prepare.caption_column" in detail
+    assert info["captioned"] == 0
+
+
+def test_parquet_rows_with_the_same_key_keep_the_first_and_reject_the_repeat(tmp_path):
+    f = tmp_path / "part.parquet"
+    pd.DataFrame({"key": ["a", "b", "a"], "image": [enc(noise(32, 32, 64 + i), "PNG") for i in range(3)],
+                  "caption": ["first a", "b", "second a"]}).to_parquet(f, index=False)
+    _, manifest, rejected, _ = run(make_params("parquet", f), tmp_path / "out")  # run() checks ids are unique
+    assert captions(manifest) == {"part/a": "first a", "part/b": "b"}
+    assert rejected["reason"].tolist() == ["duplicate_id"] and rejected["source"].item() == f"{f}#2"
+    assert f"{f}#0" in rejected["detail"].item() and "'part/a'" in rejected["detail"].item()
+    assert len(manifest) + len(rejected) == 3
+
+
 # -------------------------------------------------------------------------- webdataset
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     ti = tarfile.TarInfo(name)
@@ -515,6 +637,25 @@ def test_webdataset_pairs_unsafe_members_and_links(tmp_path):
         "s006.png": "not_regular_member",
         "s007.png": "not_regular_member",
     }
+
+
+def test_webdataset_repeated_member_names_keep_the_first_and_list_the_rest(tmp_path):
+    shard = tmp_path / "in" / "dup.tar"
+    shard.parent.mkdir()
+    first, again, other = (enc(noise(32, 32, 70 + i), "PNG") for i in range(3))
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        _add(tar, "s000.png", first)
+        _add(tar, "s000.txt", b"caption 0")
+        _add(tar, "s000.png", again)  # the same name again (e.g. a tar appended to)
+        _add(tar, "s001.png", enc(noise(32, 32, 73), "PNG"))
+        _add(tar, "s000.jpg", other)  # sample s000 once more, later: its id is taken
+    _, manifest, rejected, _ = run(make_params("webdataset", shard), tmp_path / "out")
+    assert captions(manifest) == {"dup/s000": "caption 0", "dup/s001": None}
+    px = rows_pixels(tmp_path / "out", manifest, "dup/s000")
+    assert (px == np.asarray(Image.open(io.BytesIO(first)))).all(), "the first member is the one kept"
+    member = rejected["source"].str.split(".tar:", n=1).str[1]
+    assert dict(zip(member, rejected["reason"])) == {"s000.png": "duplicate_name", "s000.jpg": "duplicate_id"}
+    assert len(manifest) + len(rejected) == 4  # every image member is accounted for
 
 
 def _tar_of_pairs(path: Path, n: int) -> list[tarfile.TarInfo]:

@@ -36,6 +36,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     params = config.load(args.params)
     config.check_sweep(params, args.params)
+    config.check_paths(params, args.params)
     sweep.run_sweep(params, args.study, args.n_trials, args.storage, args.objective)
 
 

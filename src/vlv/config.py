@@ -2,11 +2,13 @@
 
 ``load(path)`` validates the whole file against the schema below before any compute.
 An unknown key, a wrong type or an out-of-range value raises ``ParamsError`` with one
-line naming the dotted key, what is allowed, and what was given.
+line naming the dotted key, what is allowed, and what was given. ``load_with_note`` (what
+`vlv params` and every stage call) also checks what the params name on disk: ``check_paths``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,6 +93,7 @@ class Tracking(Section):
 MADE_HERE = {"t2i": "models/pretrained/t2i", "llm": "models/pretrained/llm", "vision": "models/pretrained/vision",
              "classifier": "models/pretrained/classifier"}
 SHIPPED = "pretrained/shapes-world"  # the shapes world's parts, trained once by profiles/pretrain.yaml
+T2I_CARD = "t2i-tiny"  # the architecture card (src/vlv/cards/) pretrain builds models/pretrained/t2i from
 
 
 class Components(Section):
@@ -401,13 +404,17 @@ class Params(Section):
 
 
 # ------------------------------------------------------------------------------ loading
-def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file (with its profile overlaid); raise ParamsError (one line) on any problem."""
-    return load_with_note(path)[0]
+def load(path: str | Path = "params.yaml", check_folders: bool = False) -> Params:
+    """Read and validate a params file (with its profile overlaid); raise ParamsError (one line) on
+    any problem. The schema only unless ``check_folders`` (a script reading a recipe whose folders
+    live on another machine, e.g. profiles/paper.yaml, needs no folders)."""
+    return load_with_note(path, check_folders)[0]
 
 
-def load_with_note(path: str | Path = "params.yaml") -> tuple[Params, str | None]:
+def load_with_note(path: str | Path = "params.yaml", check_folders: bool = True) -> tuple[Params, str | None]:
     """``load``, plus one line saying what the profile overlaid (None when it overlaid nothing).
+    This is what `vlv params` and every stage call: with ``check_folders`` (the default) it also
+    runs ``check_paths`` (missing or empty component folders, more stage-1 queries than CLIP positions).
 
     Profiles: ``profile: NAME`` overlays ``profiles/NAME.yaml`` (beside the params file) on the
     schema's defaults, and then every value params.yaml changes from those defaults wins over
@@ -426,7 +433,10 @@ def load_with_note(path: str | Path = "params.yaml") -> tuple[Params, str | None
         known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
         raise ParamsError(f"{path}: profile: {name!r} has no file {profile_file}; profiles here: {', '.join(known) or 'none'}")
     if not profile_file.is_file():
-        return validate(raw, source=str(path)), None
+        params = validate(raw, source=str(path))
+        if check_folders:
+            check_paths(params, str(path))
+        return params, None
     overlay = _read_yaml(profile_file, "profile file")
     if not isinstance(overlay, dict):
         raise ParamsError(f"{profile_file}: expected a mapping of sections at the top level, got {type(overlay).__name__}")
@@ -440,6 +450,8 @@ def load_with_note(path: str | Path = "params.yaml") -> tuple[Params, str | None
     changes = _changed(raw, defaults)
     merged = _merged(_merged(defaults, {k: v for k, v in overlay.items() if k != "profile"}), changes)
     params = validate(merged, source=f"{path} + {profile_file}")
+    if check_folders:
+        check_paths(params, str(path))
     set_by_profile = set(flatten({k: v for k, v in overlay.items() if k != "profile"}))
     won = sorted(k for k in flatten(changes) if k in set_by_profile)
     if not set_by_profile:
@@ -448,6 +460,59 @@ def load_with_note(path: str | Path = "params.yaml") -> tuple[Params, str | None
     if won:
         note += f"; {path.name} overrides {', '.join(won)}"
     return params, note
+
+
+def check_paths(params: Params, source: str = "params.yaml") -> None:
+    """What the params name on disk, checked when they load rather than when a stage reaches it:
+    every components folder exists and is not empty (but those pretrain writes in this run:
+    ``made_here``), and ``stage1.num_queries`` is at most the T2I text encoder's positions
+    (``max_position_embeddings`` of components.t2i's text_encoder/config.json when it is readable,
+    or of the card pretrain builds it from). Relative folders are relative to the working
+    directory, as when the stages run. One line (ParamsError) naming the key otherwise."""
+    c, made = params.components, params.made_here()
+    for part in ("t2i", "vision", "llm", "classifier"):
+        folder = getattr(c, part)
+        if folder is None or part in made:
+            continue
+        where = Path(folder)
+        if not where.is_dir():
+            raise ParamsError(f"{source}: components.{part}: folder {folder} does not exist; point it at the {part} model folder")
+        try:
+            empty = not any(where.iterdir())
+        except OSError as err:
+            raise ParamsError(f"{source}: components.{part}: cannot list folder {folder} ({err.strerror}); fix its permissions") from None
+        if empty:
+            raise ParamsError(f"{source}: components.{part}: folder {folder} is empty; point it at the {part} model folder")
+    positions, said = _text_positions(c.t2i, "t2i" in made)
+    if positions is not None and params.stage1.num_queries > positions:
+        raise ParamsError(f"{source}: stage1.num_queries: {params.stage1.num_queries} query tokens exceed the {positions} "
+                          f"positions of the T2I text encoder ({said}); set it to at most {positions}")
+
+
+def _text_positions(t2i: str, built_here: bool) -> tuple[int | None, str]:
+    """(max_position_embeddings of the T2I text encoder, where it was read), or (None, "") when
+    nothing readable says (the stage that loads the folder then says what is wrong with it)."""
+    folder_config = Path(t2i) / "text_encoder" / "config.json"
+    positions = _json_int(folder_config, ["max_position_embeddings"])
+    if positions is not None:
+        return positions, str(folder_config)
+    if built_here:  # pretrain builds it from the card in this run
+        card = Path(__file__).with_name("cards") / f"{T2I_CARD}.json"
+        positions = _json_int(card, ["parts", "text_encoder", "config", "max_position_embeddings"])
+        if positions is not None:
+            return positions, f"card {T2I_CARD}"
+    return None, ""
+
+
+def _json_int(path: Path, keys: list[str]) -> int | None:
+    """The int at ``keys`` in JSON file ``path``, or None when the file or the value is not there."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 SECTIONS = ("prepare", "components", "pretrain", "stage1", "stage2", "evaluate", "tracking", "cost", "sweep")

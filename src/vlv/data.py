@@ -5,7 +5,8 @@ Output of ``prepare`` (one folder)::
     shards/shard-00000.bin   raw RGB uint8 pixels, S*S*3 bytes per image, back to back
     manifest.parquet         one row per accepted image (columns: MANIFEST_COLUMNS)
     rejected.csv             one row per rejected input: source, reason, detail
-    summary.json             counts by split, by rejection reason, by converted mode
+    summary.json             counts by split, by rejection reason, by converted mode (no
+                             timings: the same inputs and params give the same bytes)
 
 Why raw pixel shards: every image is decoded, converted to RGB and resized exactly once,
 here; a reader maps a shard with ``numpy.memmap`` and slices ``offset:offset+S*S*3``,
@@ -75,8 +76,11 @@ class Summary:
             "splits": dict(self.splits),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "converted_by_mode": dict(sorted(self.converted.items())),
-            "seconds": round(self.seconds, 3),
         }
+
+    def metrics(self) -> dict:
+        """``to_dict`` plus the run's seconds: the stage's metrics (summary.json has no timings)."""
+        return {**self.to_dict(), "seconds": round(self.seconds, 3)}
 
 
 # ------------------------------------------------------------------------ decode + check
@@ -214,7 +218,8 @@ def prepare(params: Params, out: str | Path, progress: bool = True) -> Summary:
     writer = ShardWriter(tmp, p.image_size * p.image_size * 3, p.shard_size)
     summary = Summary()
     rejected: list[Rejection] = list(found.rejected)
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # sha256 -> source of the accepted image
+    ids: dict[str, str] = {}  # manifest id -> source of the accepted image
     bar = tqdm(total=(target + p.web_images) if target else found.total, desc="prepare", unit="img", disable=not progress)
 
     def take(items, target: int | None) -> list[dict]:
@@ -224,7 +229,7 @@ def prepare(params: Params, out: str | Path, progress: bool = True) -> Summary:
             if target is not None and len(rows) >= target:
                 break
             try:
-                row = _accept(item, p, seen)
+                row = _accept(item, p, seen, ids)
             except Reject as r:
                 rejected.append(Rejection(item.source, r.reason, r.detail))
                 if target is None:
@@ -256,9 +261,8 @@ def prepare(params: Params, out: str | Path, progress: bool = True) -> Summary:
         manifest = pd.concat([manifest, pd.DataFrame(web_rows).assign(split="web")], ignore_index=True)
     manifest = manifest[MANIFEST_COLUMNS]
     manifest.to_parquet(tmp / "manifest.parquet", index=False)
-    pd.DataFrame([r.__dict__ for r in rejected], columns=["source", "reason", "detail"]).to_csv(
-        tmp / "rejected.csv", index=False
-    )
+    pd.DataFrame([[sources.printable(r.source), r.reason, sources.printable(r.detail)] for r in rejected],
+                 columns=["source", "reason", "detail"]).to_csv(tmp / "rejected.csv", index=False)
     summary.accepted = len(manifest)
     summary.captioned = int(manifest["caption"].notna().sum())
     summary.splits = {s: int((manifest["split"] == s).sum()) for s in SPLIT_NAMES}
@@ -272,10 +276,15 @@ def prepare(params: Params, out: str | Path, progress: bool = True) -> Summary:
     return summary
 
 
-def _accept(item: Item, p: Prepare, seen: dict[str, str]) -> dict:
-    """Validate one item -> manifest row with its pixels, or raise Reject."""
+def _accept(item: Item, p: Prepare, seen: dict[str, str], ids: dict[str, str]) -> dict:
+    """Validate one item -> manifest row with its pixels, or raise Reject. ``seen`` (sha256)
+    and ``ids`` (manifest id) map to the source of the accepted image that holds them."""
     if item.rejection is not None:
         raise Reject(item.rejection.reason, item.rejection.detail)
+    if sources.printable(item.key) != item.key:
+        raise Reject("bad_name", f"name {sources.printable(item.key)!r} is not valid UTF-8; rename it")
+    if item.key in ids:
+        raise Reject("duplicate_id", f"id {item.key!r} is already taken by {ids[item.key]}; the first is kept, give each a unique name")
     if item.pixels is None:
         try:
             raw = item.read()
@@ -294,7 +303,7 @@ def _accept(item: Item, p: Prepare, seen: dict[str, str]) -> dict:
         pixels, (w, h), mode = decode(raw, p, item.ext)
     else:
         pixels, (w, h), mode = item.pixels, item.pixels.shape[1::-1], "RGB"
-    seen[digest] = item.source
+    seen[digest] = ids[item.key] = item.source
     caption = item.caption.strip() if isinstance(item.caption, str) and item.caption.strip() else None
     return {
         "id": item.key,
@@ -308,7 +317,7 @@ def _accept(item: Item, p: Prepare, seen: dict[str, str]) -> dict:
         "caption": caption,
         "attributes": json.dumps(item.attributes) if item.attributes else None,
         "boxes": json.dumps(item.boxes) if item.boxes is not None else None,
-        "source": item.source,
+        "source": sources.printable(item.source),
     }
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import cards, components, data, florence, latents, plots, teacher, tracking, vocab, world
 from .classifier import AttributeClassifier
-from .config import Params
+from .config import T2I_CARD, Params
 from .errors import VLVError
 from .train import fingerprint, per_sample_randn, sample_generators, spec_from, train
 
@@ -192,7 +192,7 @@ def train_parts(params: Params, data_root: Path, out: Path, ckpt: Path, plots_di
     corpus = next((parts[n].rows["caption"].tolist() for n in ("teacher", "llm", "classifier") if n in parts), None)
 
     if "t2i" in made:
-        card = cards.load_card("t2i-tiny")
+        card = cards.load_card(T2I_CARD)
         torch.manual_seed(seed)
         t2i = components.build_t2i(card, vocab.clip_tokenizer(corpus))
         # Conv weights in channels-last (NHWC) layout while the VAE and the UNet train and encode:

@@ -25,7 +25,7 @@ from . import world
 from .errors import VLVError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-CAPTION_EXTS = {".txt", ".caption"}
+CAPTION_EXTS = (".txt", ".caption")  # in this order: a .txt sidecar is used before a .caption one
 
 
 @dataclass
@@ -57,6 +57,15 @@ class Scan:
     items: Iterator[Item]
     total: int | None
     rejected: list[Rejection] = field(default_factory=list)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: the undecodable bytes of a file name (Python keeps them as
+    surrogate escapes) written as ``\\xNN``, so that a manifest or CSV can hold the name."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def unsafe_name(name: str) -> str | None:
@@ -91,7 +100,12 @@ def synthetic(seed: int, size: int, limit: int, stream: str = "main") -> Scan:
 
 # ------------------------------------------------------------------------------- folder
 def folder(root: str | Path) -> Scan:
-    """Every file under ``root``: images (+ sidecar .txt or captions.csv), the rest rejected."""
+    """Every file under ``root``: images (+ sidecar .txt or captions.csv), the rest rejected.
+
+    A symbolic link to a file is read; a symbolic link to a folder is not followed (it could
+    loop or leave the tree): it is rejected as ``folder_link``. A captions.csv row that names
+    no image of the folder is rejected as ``orphan_caption``; a repeated row as ``duplicate_caption``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise VLVError(f"prepare.path: folder {root} does not exist; point it at a tree of images")
@@ -101,15 +115,31 @@ def folder(root: str | Path) -> Scan:
     def on_error(err: OSError) -> None:
         rejected.append(Rejection(str(err.filename), "unreadable", f"cannot list folder: {err.strerror}"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):  # never follows folder links
         dirnames.sort()
+        for d in dirnames:
+            if (Path(dirpath) / d).is_symlink():
+                target = os.readlink(Path(dirpath) / d)
+                rejected.append(Rejection(str(Path(dirpath) / d), "folder_link",
+                                          f"symbolic link to a folder ({target}) is not followed; point prepare.path at "
+                                          "the folder itself or copy its files in"))
         files.extend(Path(dirpath) / f for f in sorted(filenames))
 
-    csv_captions = _captions_csv(root / "captions.csv") if (root / "captions.csv").is_file() else {}
+    csv_path = root / "captions.csv"
+    csv_captions = _captions_csv(csv_path) if csv_path.is_file() else {}
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
     image_stems = {f.with_suffix("") for f in images}
+    image_names = {f.relative_to(root).as_posix() for f in images}
+    for name, rows in csv_captions.items():
+        first = rows[0][0]
+        if name not in image_names:
+            rejected.append(Rejection(f"{csv_path}:{first}", "orphan_caption",
+                                      f"captions.csv names {name!r}, which is not an image in the folder"))
+        for line, _ in rows[1:]:
+            rejected.append(Rejection(f"{csv_path}:{line}", "duplicate_caption",
+                                      f"captions.csv names {name!r} again; the row on line {first} is used"))
     for f in files:
-        if f.suffix.lower() in IMAGE_EXTS or f == root / "captions.csv":
+        if f.suffix.lower() in IMAGE_EXTS or f == csv_path:
             continue
         if f.suffix.lower() in CAPTION_EXTS:
             if f.with_suffix("") not in image_stems:
@@ -120,32 +150,47 @@ def folder(root: str | Path) -> Scan:
     def gen() -> Iterator[Item]:
         for f in images:
             rel = f.relative_to(root).as_posix()
-            caption = csv_captions.get(rel)
-            sidecar = next((f.with_suffix(e) for e in CAPTION_EXTS if f.with_suffix(e).is_file()), None)
-            if sidecar is not None:
+            caption = csv_captions[rel][0][1] if rel in csv_captions else None
+            sidecars = [f.with_suffix(e) for e in CAPTION_EXTS if f.with_suffix(e).is_file()]
+            for extra in sidecars[1:]:
+                yield _rejected_item(str(extra), "duplicate_caption", f"{sidecars[0].name} is this image's caption file; remove one")
+            if sidecars:
+                kept = "with its captions.csv caption" if caption else "without a caption"
                 try:
-                    caption = sidecar.read_text(encoding="utf-8").strip() or caption
-                except (OSError, UnicodeDecodeError):
-                    pass  # the image is still usable; it simply has no caption
+                    caption = sidecars[0].read_text(encoding="utf-8").strip() or caption
+                except UnicodeDecodeError as err:  # the image is still usable: kept, the caption file listed
+                    yield _rejected_item(str(sidecars[0]), "caption_not_utf8",
+                                         f"caption file is not UTF-8 text (byte {err.start}); the image is kept {kept}; save it as UTF-8")
+                except OSError as err:
+                    yield _rejected_item(str(sidecars[0]), "unreadable", f"cannot read caption file ({err.strerror}); the image is kept {kept}")
             yield Item(source=str(f), key=rel, read=f.read_bytes, caption=caption, ext=f.suffix.lower())
 
     return Scan(gen(), total=len(images), rejected=rejected)
 
 
-def _captions_csv(path: Path) -> dict[str, str]:
+def _captions_csv(path: Path) -> dict[str, list[tuple[int, str]]]:
+    """file -> [(line, caption), ...] in file order (a repeated file has several rows)."""
+    rows: dict[str, list[tuple[int, str]]] = {}
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
                 raise VLVError(f"{path}: needs a header with columns 'file' and 'caption' (got {reader.fieldnames})")
-            return {row["file"].replace("\\", "/"): row["caption"] for row in reader if row.get("file")}
+            for row in reader:  # a row naming no image (an empty name too) is rejected by the caller
+                name = (row["file"] or "").replace("\\", "/")
+                rows.setdefault(name, []).append((reader.line_num, row["caption"] or ""))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise VLVError(f"{path}: cannot read captions.csv ({err}); fix or remove it") from None
+    return rows
 
 
 # ------------------------------------------------------------------------------ parquet
 def parquet(path: str | Path, image_column: str, caption_column: str, key_column: str | None) -> Scan:
-    """LAION-style parquet: one row per image, bytes (or {bytes: ...}) + caption columns."""
+    """LAION-style parquet: one row per image, bytes (or {bytes: ...}) + caption columns.
+
+    A caption column that does not hold text (e.g. ints) is listed once per file in rejected
+    (``caption_not_text``) and that file's images are kept without captions."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -154,6 +199,7 @@ def parquet(path: str | Path, image_column: str, caption_column: str, key_column
         raise VLVError(f"prepare.path: no parquet file at {path}; point it at a .parquet file or a folder of them")
     total = 0
     metas = []
+    rejected: list[Rejection] = []
     for f in files:
         try:
             pf = pq.ParquetFile(f)
@@ -162,6 +208,16 @@ def parquet(path: str | Path, image_column: str, caption_column: str, key_column
         names = pf.schema_arrow.names
         if image_column not in names:
             raise VLVError(f"{f}: no column {image_column!r} (prepare.image_column); columns are {names}")
+        if caption_column in names:
+            kind = pf.schema_arrow.field(caption_column).type
+            value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if not (pa.types.is_string(value_kind) or pa.types.is_large_string(value_kind)
+                    or pa.types.is_string_view(value_kind) or pa.types.is_null(value_kind)):
+                rejected.append(Rejection(f"{f}[{caption_column}]", "caption_not_text",
+                                          f"column {caption_column!r} (prepare.caption_column) holds {kind}, not text: the "
+                                          f"{pf.metadata.num_rows} images of this file are kept without captions; point "
+                                          "prepare.caption_column at a text column"))
+                names = [n for n in names if n != caption_column]
         metas.append((f, pf, names))
         total += pf.metadata.num_rows
 
@@ -194,12 +250,13 @@ def parquet(path: str | Path, image_column: str, caption_column: str, key_column
                         ext=Path(key).suffix.lower(),
                     )
 
-    return Scan(gen(), total=total)
+    return Scan(gen(), total=total, rejected=rejected)
 
 
 # --------------------------------------------------------------------------- webdataset
 def webdataset(path: str | Path) -> Scan:
-    """WebDataset .tar shards: members grouped by key (name up to the first dot)."""
+    """WebDataset .tar shards: members grouped by key (name up to the first dot). A member
+    name that repeats within a shard is rejected (``duplicate_name``): the first is kept."""
     p = str(path)
     if os.path.isdir(p):
         shards = sorted(glob.glob(os.path.join(p, "**", "*.tar"), recursive=True))
@@ -214,6 +271,7 @@ def _tar_items(shards: list[str]) -> Iterator[Item]:
     for shard in shards:
         group_key: str | None = None
         group: dict[str, tuple[str, bytes]] = {}
+        names: set[str] = set()  # member names read so far in this shard
         last = "(start)"
         try:
             with tarfile.open(shard, mode="r|*") as tar:
@@ -229,6 +287,10 @@ def _tar_items(shards: list[str]) -> Iterator[Item]:
                     if not member.isfile():
                         yield _rejected_item(where, "not_regular_member", "tar member is a link or device; only regular files are read")
                         continue
+                    if member.name in names:
+                        yield _rejected_item(where, "duplicate_name", "a member of this name came earlier in the shard; the first is kept")
+                        continue
+                    names.add(member.name)
                     stem, _, ext = _split_member(member.name)
                     if stem != group_key:
                         yield from _tar_group(shard, group_key, group)

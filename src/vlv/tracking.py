@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -247,12 +248,18 @@ def pipeline_runs(experiment_id: str, pid: str | None = None) -> list[dict]:
     return out
 
 
+def metric_name(key: str) -> str:
+    """``key`` with every character MLflow refuses in a metric name as "_" (MLflow allows letters,
+    digits, "_", "-", ".", " ", ":" and "/"): a converted image mode "I;16" is logged as "I_16"."""
+    return re.sub(r"[^/\w.\- :]", "_", key)
+
+
 def metric_logger(prefix: str):
     """A ``log(step, metrics)`` callback for vlv.train that writes ``prefix/name`` to the active run."""
     import mlflow
 
     def log(step: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step=step)
+        mlflow.log_metrics({metric_name(f"{prefix}/{k}"): float(v) for k, v in metrics.items()}, step=step)
 
     return log
 
@@ -281,7 +288,7 @@ def record(stage: str, metrics: dict, metrics_path: str | Path, artifacts=(), pr
         mlflow.log_params({k: str(v) for k, v in flatten({"reads": metrics["reads"]}).items()})
     flat = flatten(metrics)
     prefix = prefix or stage
-    mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in flat.items()
+    mlflow.log_metrics({metric_name(f"{prefix}/{k}"): float(v) for k, v in flat.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(("cost.", "reads."))})
     for f in artifacts:
         mlflow.log_artifact(str(f), stage)
