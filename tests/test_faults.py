@@ -48,10 +48,11 @@ class Planted:
 
 
 def stage(tmp_path: Path, mode: str, ckpt: Path | None = None) -> subprocess.CompletedProcess:
-    """tests/fault_stage.py under vlv.entry.stage("toy"), with the system temp dir in tmp_path."""
+    """tests/fault_stage.py under vlv.entry.stage("toy") from the repo root (params name folders
+    relative to it), with the system temp dir in tmp_path."""
     env = {**ENV, "VLV_TOY_MODE": mode, "VLV_TOY_CKPT": str(ckpt or tmp_path / "ck"), "TMPDIR": str(tmp_path)}
     return subprocess.run([sys.executable, str(HERE / "fault_stage.py"), "--params", str(ROOT / "params.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def one_line(text: str) -> str:
