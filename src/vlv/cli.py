@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from . import __version__, config, tracking
@@ -78,10 +79,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from .plots import to_uint8
 
     found = find_images(args.images)  # a path that matches nothing stops here, before the model loads
-    model = load_autoencoder(args.model, args.t2i)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VLVError(f"--out {args.out}: cannot make this folder ({err.strerror}); name a folder in a writable place") from None
+    model = load_autoencoder(args.model, args.t2i)  # a broken stage-1 folder: one line
     size = int(model.encoder.config.get("resolution", model.encoder.image_size))
     images = load_images(found, size)
-    args.out.mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(0, len(images), args.batch_size), desc="reconstruct", unit="batch"):
         chunk = images[i : i + args.batch_size]
         x = torch.stack([t for _, t in chunk])
@@ -102,18 +106,54 @@ def cmd_caption(args: argparse.Namespace) -> None:
     from .data import find_images, load_images
 
     found = find_images(args.images)  # a path that matches nothing stops here, before the model loads
-    model = Captioner.load(args.model)
+    if args.out:
+        check_writable(args.out)  # before the model loads and every caption is computed
+    model = Captioner.load(args.model)  # a broken captioner folder: one line
     images = load_images(found, model.resolution)  # unreadable files: listed on stderr, skipped
     beams = args.num_beams or model.config.get("num_beams", 1)
     max_new = args.max_new_tokens or model.config.get("max_new_tokens", 32)
     captions = caption_batches(model, torch.stack([t for _, t in images]), beams, max_new, args.batch_size)
     result = json.dumps({name: c for (name, _), c in zip(images, captions)}, indent=2, ensure_ascii=False)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(result + "\n")
+        write_or_keep(args.out, result + "\n", f"{len(captions)} captions")
         print(f"wrote {len(captions)} captions to {args.out}", file=sys.stderr)
     else:
         print(result)
+
+
+def check_writable(path: Path) -> None:
+    """One line unless ``path`` is a file that can be written in an existing folder (none is made)."""
+    if path.is_dir():
+        raise VLVError(f"--out {path} is a folder; name a file to write, e.g. {path / 'captions.json'}")
+    if not path.parent.is_dir():
+        raise VLVError(f"--out {path}: {path.parent} is not an existing folder; create it first or name a file in one")
+    try:
+        if path.exists():
+            open(path, "a").close()  # opened for writing, not truncated
+        else:
+            tempfile.TemporaryFile(dir=path.parent).close()  # a file made and gone
+    except OSError as err:
+        raise VLVError(f"--out {path} cannot be written ({err.strerror}); name a file in a writable folder") from None
+
+
+def write_or_keep(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path``; if that fails, keep it in a file in the system temp dir and say
+    where in one line (or, if that fails too, print it on stdout)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+        return
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+    try:
+        fd, kept = tempfile.mkstemp(prefix="vlv-captions-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        print(text, end="")
+        raise VLVError(f"--out {path} could not be written ({why}), nor a file in {tempfile.gettempdir()}; "
+                       f"the {what} are on stdout above") from None
+    raise VLVError(f"--out {path} could not be written ({why}); the {what} are kept in {kept}; move that file "
+                   f"where you want it")
 
 
 def cmd_bench_arch(args: argparse.Namespace) -> None:
@@ -129,6 +169,24 @@ def cmd_bench_arch(args: argparse.Namespace) -> None:
         print(f"appended {len(ms)} records to {args.records} and the details to {args.details}", file=sys.stderr)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number; give 1 or more")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``error: vlv caption: argument --batch-size: ...``), exit 2."""
+
+    def error(self, message: str):
+        fail(f"{self.prog}: {message}; see {self.prog} --help")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's help ends with its default, unless there is none to show (None, a flag's
     False) or the help already says it."""
@@ -140,7 +198,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="vlv",
         description="Vision-Language-Vision auto-encoder. Stages run through DVC (`dvc repro`); these are the tools around them.",
         epilog="`vlv COMMAND --help` describes a command and its options.",
@@ -196,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=Path("models/stage1"), help="the stage-1 encoder folder")
     p.add_argument("--t2i", type=Path, default=None, help="T2I folder (default: the one the encoder was trained with)")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance scale (against the empty caption)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="the diffusion noise seed")
     p.set_defaults(fn=cmd_reconstruct)
 
@@ -209,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGES", help=images_help)
     p.add_argument("--model", type=Path, default=Path("models/captioner"), help="a captioner folder (stage2's output)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here (default: stdout)")
-    p.add_argument("--num-beams", type=int, default=None, help="beam width (default: the model's setting)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit (default: the model's setting)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    p.add_argument("--num-beams", type=positive_int, default=None, help="beam width (default: the model's setting)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="caption length limit (default: the model's setting)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch")
     p.set_defaults(fn=cmd_caption)
 
     p = command("bench-arch", "time stage-1/2 training steps of a card set's architecture (random weights): "
