@@ -10,16 +10,14 @@ from pathlib import Path
 import mlflow
 import torch
 
-from vlv import autoencoder, components, config, data, fingerprints, latents, plots, teacher, tracking, world
+from vlv import components, config, data, plots, runner, teacher, tracking, world
 from vlv.autoencoder import VLVAutoencoder, conditioning_report
 from vlv.classifier import AttributeClassifier
 from vlv.entry import stage
-from vlv.train import clear_checkpoints, fingerprint, spec_from, train
+from vlv.train import clear_checkpoints
 
-DATA = Path("data/prepared")
 OUT = Path("models/stage1")
 CKPT = Path("checkpoints/stage1")
-LATENTS = Path("cache/latents")  # the frozen VAE's latents of the images split (pretrain wrote them)
 METRICS = Path("metrics/stage1.json")
 PLOTS = Path("plots/stage1")
 
@@ -29,8 +27,8 @@ def open_data(params: config.Params) -> dict[str, data.ShardDataset]:
     only); "eval", the val images it scores with their captions (the conditioning report's
     caption condition and the reconstruction grid: references, never trained on)."""
     e = params.stage1.eval
-    return {"stage1": data.ShardDataset(DATA, "images"),
-            "eval": data.ShardDataset(DATA, "val", captions=True, limit=max(e.images, e.recon_images))}
+    return {"stage1": runner.open_images(),
+            "eval": data.ShardDataset(runner.DATA, "val", captions=True, limit=max(e.images, e.recon_images))}
 
 
 def paint_back(model: VLVAutoencoder, val, params: config.Params, batch_size: int = 64) -> dict:
@@ -88,18 +86,12 @@ def main(params: config.Params) -> None:
     s = params.stage1
     with tracking.stage_run("stage1", params):
         opened = open_data(params)
-        model = autoencoder.build(params)
-        images = opened["stage1"]  # no captions: stage 1 sees images only
-        images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="stage1: encode latents"))
-        if tracking.is_main():
-            mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
-                               "stage1.vision_source": model.encoder.vision_source})
-        run = train(model, images, spec_from(s, "stage1", params.seed), CKPT,
-                    fingerprint(params.components, fingerprints.of_components(params, ("t2i", "vision")),
-                                s.model_dump(exclude={"eval"}), data.manifest_hash(DATA), params.seed),
-                    log=tracking.metric_logger("stage1"))
+        # build, the images with their cached latents (no captions: stage 1 sees images only), train
+        model, run = runner.stage1(params, CKPT, images=opened["stage1"], log=tracking.metric_logger("stage1"))
         if not tracking.is_main():  # accelerate launch: the main process saves, evaluates and logs
             return
+        mlflow.log_params({"stage1.trainable_params": components.param_count(model, trainable_only=True),
+                           "stage1.vision_source": model.encoder.vision_source})
         model.encoder.save(OUT, extra={"t2i": params.components.t2i, "resolution": params.prepare.image_size})
 
         val = opened["eval"]

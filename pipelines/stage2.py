@@ -11,33 +11,23 @@ from pathlib import Path
 
 import mlflow
 
-from vlv import captioner, components, config, cost, data, fingerprints, plots, tracking, world
+from vlv import components, config, cost, data, plots, runner, tracking, world
 from vlv.captioner import caption_batches
 from vlv.entry import stage
-from vlv.errors import VLVError
 from vlv.serving import log_captioner
-from vlv.train import clear_checkpoints, fingerprint, spec_from, train
+from vlv.train import clear_checkpoints
 
-DATA = Path("data/prepared")
-STAGE1 = Path("models/stage1")
 OUT = Path("models/captioner")
 CKPT = Path("checkpoints/stage2")
 METRICS = Path("metrics/stage2.json")
 PLOTS = Path("plots/stage2")
 
 
-def pairs(params: config.Params) -> data.ShardDataset:
-    n = params.stage2.num_pairs
-    ds = data.ShardDataset(DATA, "pairs", captions=True, limit=n)
-    if n is not None and len(ds) < n:
-        raise VLVError(f"stage2.num_pairs={n} but the pairs split holds {len(ds)}; lower it or raise prepare.splits.pairs")
-    return ds
-
-
 def open_data(params: config.Params) -> dict[str, data.ShardDataset]:
     """What stage 2 reads: "stage2", the pairs it trains on (the captioning side's only
     captions); "eval", the val images whose captions score it (references, never trained on)."""
-    return {"stage2": pairs(params), "eval": data.ShardDataset(DATA, "val", captions=True, limit=params.stage2.val_images)}
+    return {"stage2": runner.open_pairs(params),
+            "eval": data.ShardDataset(runner.DATA, "val", captions=True, limit=params.stage2.val_images)}
 
 
 @stage("stage2")
@@ -47,16 +37,12 @@ def main(params: config.Params) -> None:
     with tracking.stage_run("stage2", params):
         opened = open_data(params)  # fails before any compute when num_pairs is too large
         train_set = opened["stage2"]
-        model = captioner.build(params, stage1_dir=STAGE1)
-        if tracking.is_main():
-            mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
-                               "stage2.pairs_used": len(train_set)})
-        fp = fingerprint(params.components, fingerprints.of_components(params, ("t2i", "vision", "llm")), s,
-                         params.stage1.num_queries, params.stage1.trainable, data.manifest_hash(DATA), params.seed,
-                         s.init == "stage1" and fingerprints.content_hash(STAGE1))
-        run = train(model, train_set, spec_from(s, "stage2", params.seed), CKPT, fp, log=tracking.metric_logger("stage2"))
+        # build (from models/stage1, or a fresh encoder under stage2.init: random), train
+        model, run = runner.stage2(params, CKPT, pairs=train_set, log=tracking.metric_logger("stage2"))
         if not tracking.is_main():  # accelerate launch: the main process saves, evaluates and logs
             return
+        mlflow.log_params({"stage2.trainable_params": components.param_count(model, trainable_only=True),
+                           "stage2.pairs_used": len(train_set)})
         tmp = OUT.with_name(OUT.name + ".partial")
         model.save(tmp, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, resolution=params.prepare.image_size,
                    trainable=s.trainable, init=s.init, pairs=len(train_set), t2i=params.components.t2i)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlv import autoencoder, cards, components, vocab, world
+from vlv import autoencoder, cards, cli, components, vocab, world
 from vlv.captioner import Captioner
 from vlv.data import to_tensor
 from vlv.errors import VLVError
@@ -166,8 +166,27 @@ def test_vlv_caption_writes_json_and_lists_unreadable_files(folder, tmp_path):
                        capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert "Loading weights" not in r.stderr and "caption: 100%" in r.stderr  # transformers' bars off, ours on
     captions = json.loads(out.read_text())
     assert sorted(captions) == ["a.png", "sub/b.jpg"] and all(isinstance(c, str) for c in captions.values())
+
+
+@pytest.fixture
+def shots(tmp_path):
+    for i, name in enumerate(["a.png", "b.png", "c.jpg"]):
+        Image.fromarray(SCENES[i].render()).save(tmp_path / name)
+    return tmp_path
+
+
+def test_vlv_caption_takes_a_single_file(folder, shots, capsys):
+    cli.main(["caption", str(shots / "b.png"), "--model", str(folder)])
+    assert list(json.loads(capsys.readouterr().out)) == ["b.png"]
+
+
+def test_vlv_caption_takes_a_glob_and_reads_a_file_named_twice_once(folder, shots, capsys):
+    cli.main(["caption", str(shots / "*.png"), str(shots / "a.png"), "--model", str(folder)])  # quoted: vlv expands it
+    captions = json.loads(capsys.readouterr().out)
+    assert list(captions) == ["a.png", "b.png"] and all(isinstance(c, str) for c in captions.values())
 
 
 def test_missing_model_is_one_line(tmp_path):

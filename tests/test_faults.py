@@ -1,9 +1,12 @@
-"""Bad input and faults (issue 23, part A): one line saying what, where and what to do, the
-exit status, and nothing lost; never a traceback, never a stage blocked for good."""
+"""Bad input and faults (issue 23, part A, and `vlv caption` / `vlv reconstruct`): one line saying
+what, where and what to do, the exit status, and nothing lost; never a traceback, never a stage
+blocked for good."""
 
+import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vlv import cli, config, entry, tracking
+from vlv.captioner import Captioner
 from vlv.errors import VLVError
 from vlv.train import latest_checkpoint, train
 
@@ -21,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import loop_toy  # noqa: E402
+from test_captioner import SCENES, make_captioner  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{HERE}", "OMP_NUM_THREADS": "1"}
 
@@ -249,3 +255,153 @@ def test_a_character_yaml_does_not_allow_is_one_line(tmp_path):
         config.load(bad)
     assert str(info.value) == (f"{bad}: params file holds character U+0000 (at character 25), which YAML does not "
                                f"allow; save it as plain UTF-8 text")
+
+
+# ------------------------------------------------------------------ 7. vlv caption / reconstruct: --out, option values, model folders
+@pytest.fixture(scope="module")
+def captioner_folder(tmp_path_factory) -> Path:
+    """A real captioner folder (tiny parts from the cards, random weights), as stage2 writes it;
+    its encoder/ is a stage-1 encoder folder."""
+    out = tmp_path_factory.mktemp("captioner") / "captioner"
+    make_captioner().save(out, num_beams=1, max_new_tokens=8, resolution=32)
+    return out
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(SCENES[i].render()).save(folder / f"s{i}.png")
+    return folder
+
+
+def vlv(tmp_path: Path, *args) -> subprocess.CompletedProcess:
+    """``python -m vlv.cli ARGS`` with the system temp dir in tmp_path."""
+    return subprocess.run([sys.executable, "-m", "vlv.cli", *map(str, args)], env={**ENV, "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def damage(folder: Path, how: str, rel: str) -> None:
+    file = folder / rel
+    if how == "truncated":
+        truncate(file)
+    elif how == "not JSON":
+        file.write_text("{\"max_caption_tokens\": 3")
+    else:
+        file.unlink()
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a missing folder", "under a read-only folder"])
+def test_an_unwritable_caption_out_is_one_line_before_the_model_loads(where, shots, tmp_path):
+    if where == "a folder":
+        out, expect = tmp_path / "results", "is a folder; name a file to write, e.g. "
+        out.mkdir()
+    elif where == "under a missing folder":
+        out, expect = tmp_path / "nope" / "captions.json", "is not an existing folder; create it first"
+    else:  # sysfs refuses new files even to root, who may write into any folder chmod 555 on a disk
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys")
+        out, expect = Path("/sys/vlv-captions.json"), "cannot be written (Permission denied)"
+    before = contents(tmp_path)
+    r = vlv(tmp_path, "caption", shots, "--out", out, "--model", tmp_path / "no-model")  # the model is never reached
+    assert r.returncode == 2
+    line = one_line(r.stderr)
+    assert line.startswith(f"error: --out {out}") and expect in line, line
+    assert contents(tmp_path) == before and not out.is_file() and not (tmp_path / "nope").exists()  # nothing made
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_captions_that_cannot_be_written_at_the_end_are_kept_in_the_temp_dir(captioner_folder, shots, tmp_path, capsys):
+    cli.main(["caption", str(shots), "--model", str(captioner_folder)])
+    expected = capsys.readouterr().out
+    assert sorted(json.loads(expected)) == ["s0.png", "s1.png", "s2.png"]
+    r = vlv(tmp_path, "caption", shots, "--model", captioner_folder, "--out", "/dev/full")  # opens fine, every write fails
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # the rest: the progress bar
+    assert len(errors) == 1, r.stderr[-3000:]
+    (kept,) = tmp_path.glob("vlv-captions-*.json")
+    assert errors[0] == (f"error: --out /dev/full could not be written (No space left on device); the 3 captions are "
+                         f"kept in {kept}; move that file where you want it")
+    assert kept.read_text() == expected  # every caption, as stdout would have had them
+
+
+@pytest.mark.parametrize("command, value", [("caption", "0"), ("caption", "-1"), ("reconstruct", "0")])
+def test_a_batch_size_below_one_is_one_line_from_argparse(command, value, shots, tmp_path):
+    out = tmp_path / "out"
+    r = vlv(tmp_path, command, shots, "--out", out, "--batch-size", value)
+    assert r.returncode == 2
+    assert one_line(r.stderr) == (f"error: vlv {command}: argument --batch-size: '{value}' is not a positive whole number; "
+                                  f"give 1 or more; see vlv {command} --help")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("how, rel", [("truncated", "captioner_head.safetensors"), ("truncated", "llm/model.safetensors"),
+                                      ("not JSON", "captioner.json"), ("missing", "llm/tokenizer.json")])
+def test_vlv_caption_with_a_broken_captioner_folder_is_one_line_naming_the_file(how, rel, captioner_folder, shots, tmp_path):
+    broken = tmp_path / "captioner"
+    shutil.copytree(captioner_folder, broken)
+    damage(broken, how, rel)
+    before, out = contents(broken), tmp_path / "captions.json"
+    r = vlv(tmp_path, "caption", shots, "--model", broken, "--out", out)
+    assert r.returncode == 2
+    line = one_line(r.stderr)
+    if how == "missing":
+        assert line == (f"error: {broken}: not a captioner folder (missing {rel}); run the stage2 stage "
+                        f"(dvc repro stage2) to write it")
+    else:
+        assert line.startswith(f"error: {broken / rel}: cannot be read ("), line
+        assert line.endswith("; run the stage2 stage again (dvc repro stage2) to rewrite it"), line
+    assert contents(broken) == before and not out.exists()  # the folder left as it was for the user to look at
+
+
+@pytest.mark.parametrize("how, rel", [("truncated", "florence/model.safetensors"), ("not JSON", "vlv_encoder.json"),
+                                      ("missing", "vlv_head.safetensors")])
+def test_vlv_reconstruct_with_a_broken_stage1_folder_is_one_line_naming_the_file(how, rel, captioner_folder, shots, tmp_path):
+    broken = tmp_path / "stage1"
+    shutil.copytree(captioner_folder / "encoder", broken)
+    damage(broken, how, rel)
+    before, out = contents(broken), tmp_path / "recon"
+    r = vlv(tmp_path, "reconstruct", shots, "--model", broken, "--out", out)
+    assert r.returncode == 2
+    line = one_line(r.stderr)
+    if how == "missing":
+        assert line == (f"error: {broken}: not a VLV encoder folder (missing {rel}); run the stage1 stage "
+                        f"(dvc repro stage1) to write it")
+    else:
+        assert line.startswith(f"error: {broken / rel}: cannot be read ("), line
+        assert line.endswith("; run the stage1 stage again (dvc repro stage1) to rewrite it"), line
+    assert contents(broken) == before and contents(out) == {}
+
+
+@pytest.mark.parametrize("how, rel", [("truncated", "clip/model.safetensors"), ("truncated", "encoder/florence/model.safetensors"),
+                                      ("truncated", "encoder/vlv_head.safetensors"), ("not JSON", "clip/config.json"),
+                                      ("not JSON", "llm/tokenizer.json"), ("not JSON", "encoder/vlv_encoder.json"),
+                                      ("missing", "clip/model.safetensors"), ("missing", "encoder/florence/config.json")])
+def test_every_file_of_a_captioner_folder_is_checked_before_loading(how, rel, captioner_folder, tmp_path):
+    broken = tmp_path / "captioner"
+    shutil.copytree(captioner_folder, broken)
+    damage(broken, how, rel)
+    with pytest.raises(VLVError) as info:
+        Captioner.load(broken)
+    msg = str(info.value)
+    assert "\n" not in msg and "(dvc repro stage2)" in msg, msg
+    wanted = f"{broken}: not a captioner folder (missing {rel.replace('model.safetensors', '*.safetensors')})" \
+        if how == "missing" else f"{broken / rel}: cannot be read ("
+    assert msg.startswith(wanted), msg
+    with pytest.raises(VLVError, match="not a captioner folder [(]no such folder[)]; run the stage2 stage"):
+        Captioner.load(tmp_path / "none")
+
+
+def test_a_reconstruct_out_that_cannot_be_a_folder_is_one_line_before_the_model_loads(shots, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine\n")
+    r = vlv(tmp_path, "reconstruct", shots, "--out", out, "--model", tmp_path / "no-model")  # the model is never reached
+    assert r.returncode == 2
+    assert one_line(r.stderr) == (f"error: --out {out}: cannot make this folder (File exists); name a folder in a "
+                                  f"writable place")
+    assert out.read_text() == "mine\n"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .components import T2IParts, VisionParts
+from .components import T2IParts, VisionParts, check_written
 from .errors import VLVError
 from .latents import draw, posterior
 from .train import per_sample_randint, per_sample_randn, sample_generators, timesteps
@@ -30,6 +30,7 @@ from .train import per_sample_randint, per_sample_randn, sample_generators, time
 ENCODER_PARTS = ("queries", "projection", "language_model", "image_projector", "vision_tower")
 ENCODER_CONFIG = "vlv_encoder.json"
 ENCODER_HEAD = "vlv_head.safetensors"
+ENCODER_FILES = (ENCODER_CONFIG, ENCODER_HEAD, "florence/config.json", "florence/*.safetensors")  # what save writes
 
 
 class CLIPConditioner(nn.Module):
@@ -154,9 +155,7 @@ class VLVEncoder(nn.Module):
     def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "VLVEncoder":
         from transformers import Florence2ForConditionalGeneration
 
-        folder = Path(folder)
-        if not (folder / ENCODER_CONFIG).is_file() or not (folder / ENCODER_HEAD).is_file():
-            raise VLVError(f"{folder}: not a VLV encoder folder ({ENCODER_CONFIG}, {ENCODER_HEAD}, florence/); run the stage1 stage first")
+        folder = check_written(folder, ENCODER_FILES, "VLV encoder", "stage1")  # missing, not JSON, truncated: one line
         cfg = json.loads((folder / ENCODER_CONFIG).read_text())
         florence = Florence2ForConditionalGeneration.from_pretrained(folder / "florence", use_safetensors=True, local_files_only=True,
                                                                      dtype=dtype)

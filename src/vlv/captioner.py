@@ -25,12 +25,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .autoencoder import CLIPConditioner, VLVEncoder
+from .autoencoder import ENCODER_FILES, CLIPConditioner, VLVEncoder
+from .components import check_written
 from .errors import VLVError
 
 TRAINABLE_SETS = ("mlp", "mlp+llm", "mlp+llm+encoder")
 CONFIG = "captioner.json"
 HEAD = "captioner_head.safetensors"
+# what save writes (an LLM's weights may be sharded; a tokenizer folder without tokenizer.json loads empty)
+HF_FILES = ("config.json", "*.safetensors", "tokenizer.json", "tokenizer_config.json")
+FILES = (CONFIG, HEAD, *(f"encoder/{f}" for f in ENCODER_FILES), *(f"{part}/{f}" for part in ("clip", "llm") for f in HF_FILES))
 
 
 class Captioner(nn.Module):
@@ -139,11 +143,7 @@ class Captioner(nn.Module):
     def load(cls, folder: str | Path) -> "Captioner":
         from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPTextModel
 
-        folder = Path(folder)
-        missing = [p for p in (CONFIG, HEAD, "encoder", "clip", "llm") if not (folder / p).exists()]
-        if missing:
-            raise VLVError(f"{folder}: not a captioner folder (missing {', '.join(missing)}); run the stage2 stage "
-                           f"(dvc repro stage2) or pass --model with a captioner folder")
+        folder = check_written(folder, FILES, "captioner", "stage2")  # missing, not JSON, truncated: one line
         cfg = json.loads((folder / CONFIG).read_text())
         st = dict(use_safetensors=True, local_files_only=True, dtype=torch.float32)
         model = cls(

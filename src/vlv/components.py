@@ -56,6 +56,30 @@ def _check_safetensors(folder: Path, param: str, description: str) -> None:
         raise VLVError(f"{param}={folder}: no *.safetensors weights (found {found}); only safetensors are loaded, it must be {description}")
 
 
+def check_written(folder: str | Path, required: Sequence[str], what: str, stage: str) -> Path:
+    """A folder the ``stage`` stage writes (a ``what`` folder): every pattern in ``required`` present
+    and every JSON and safetensors file under it readable (a safetensors header must cover its file:
+    a truncated one fails here), before any model loads; else one line naming the folder or file."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    missing = [p for p in required if not any(folder.glob(p))]
+    if missing:
+        found = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
+        raise VLVError(f"{folder}: not a {what} folder ({found}); run the {stage} stage (dvc repro {stage}) to write it")
+    for file in sorted([*folder.rglob("*.json"), *folder.rglob("*.safetensors")]):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+            else:
+                with safe_open(str(file), framework="pt"):
+                    pass
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as err:
+            raise VLVError(f"{file}: cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                           f"run the {stage} stage again (dvc repro {stage}) to rewrite it") from None
+    return folder
+
+
 def _quiet(fn, *args, param: str, folder: Path, description: str, **kwargs):
     """Call a from_pretrained; turn its errors into one line."""
     try:

@@ -27,7 +27,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -474,16 +474,49 @@ def to_tensor(pixels: np.ndarray) -> "torch.Tensor":
     return x.permute(2, 0, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
 
-def load_image_folder(folder: Path, size: int) -> list[tuple[str, "torch.Tensor"]]:
-    """Every image under ``folder`` as (name, 3xSxS tensor in [-1, 1]); unreadable files
-    are listed on stderr and skipped (never fatal)."""
+def find_images(paths: Sequence[str | Path]) -> list[tuple[str, Path]]:
+    """The files ``paths`` name, as (name, file), in the order given (nothing is read yet).
+
+    Each path is a folder (every file under it), a file, or a glob pattern (expanded here too,
+    so a quoted pattern works; ``**`` reaches into sub-folders). Paths that match nothing stop
+    the command with one line naming them; a file named twice is kept once. Names are paths
+    relative to the deepest folder holding every input: a single folder's files are named as
+    inside it, and two files never share a name."""
+    import glob
+    import os
+
+    files: list[Path] = []
+    roots: list[str] = []  # the folders the names are relative to
+    missing = []
+    for path in map(str, paths):
+        matches = [path] if os.path.exists(path) else sorted(glob.glob(path, recursive=True))
+        if not matches:
+            missing.append(path)
+        for m in matches:
+            if os.path.isdir(m):
+                roots.append(os.path.abspath(m))
+                files.extend(sorted(x for x in Path(m).rglob("*") if x.is_file()))
+            else:
+                roots.append(os.path.dirname(os.path.abspath(m)))
+                files.append(Path(m))
+    if missing:
+        raise VLVError(f"{', '.join(missing)}: no such file or folder, and nothing matches as a glob pattern")
+    root = os.path.commonpath(roots)
+    out, seen = [], set()
+    for f in files:
+        if os.path.realpath(f) not in seen:
+            seen.add(os.path.realpath(f))
+            out.append((Path(os.path.relpath(os.path.abspath(f), root)).as_posix(), f))
+    return out
+
+
+def load_images(found: Sequence[tuple[str, Path]], size: int) -> list[tuple[str, "torch.Tensor"]]:
+    """``find_images``'s files as (name, 3xSxS tensor in [-1, 1]); a file that is not a readable
+    image is listed on stderr with its reason and skipped (never fatal), unless none is left."""
     import sys
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise VLVError(f"{folder}: no such folder; pass a folder of images")
     out = []
-    for f in sorted(x for x in folder.rglob("*") if x.is_file()):
+    for name, f in found:
         if f.suffix.lower() not in sources.IMAGE_EXTS:
             print(f"skipped {f}: not an image file name ({', '.join(sorted(sources.IMAGE_EXTS))})", file=sys.stderr)
             continue
@@ -495,9 +528,9 @@ def load_image_folder(folder: Path, size: int) -> list[tuple[str, "torch.Tensor"
         except OSError as err:
             print(f"skipped {f}: cannot read ({err.strerror})", file=sys.stderr)
             continue
-        out.append((f.relative_to(folder).as_posix(), x))
+        out.append((name, x))
     if not out:
-        raise VLVError(f"{folder}: no readable images found")
+        raise VLVError(f"no readable images among the {len(found)} files found")
     return out
 
 

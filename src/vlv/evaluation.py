@@ -81,8 +81,10 @@ def regenerate(t2i_folder: str | Path, captions: Sequence[str], size: int, steps
     as a standard StableDiffusionPipeline with DDIM. Image i's starting noise depends only
     on (seed, i), so two caption lists are compared on the same noise."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
     from tqdm.auto import tqdm
 
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components...": clutter (vlv/__init__.py)
     pipe = StableDiffusionPipeline.from_pretrained(t2i_folder, use_safetensors=True, local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

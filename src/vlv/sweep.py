@@ -1,12 +1,13 @@
 """Optuna sweeps over any params (`vlv sweep`), on one machine or many.
 
 Each trial takes its values from ``sweep.space`` (params.yaml), sets them and the reduced
-``sweep.budget`` on the params, and runs stage 1 and stage 2 in this process through the same
-library calls as the DVC stages (``autoencoder.build``, ``captioner.build``, ``train.train``) on
-the prepared data and pretrained parts of this project. During stage 2 it reports the val
-attribute accuracy every ``sweep.report_every`` steps, so the pruner (median or Hyperband) can
-stop a trailing trial; the final value is the objective (``accuracy`` on ``sweep.val_images``
-val images, or ``stage1_loss``: stage 1's VLV-conditioned val loss, without stage 2).
+``sweep.budget`` on the params, and runs stage 1 and stage 2 in this process through the stage
+runner the DVC stages use (``runner.stage1``, ``runner.stage2``: the same build, data, loop and
+checkpoint fingerprint) on the prepared data and pretrained parts of this project. During
+stage 2 it reports the val attribute accuracy every ``sweep.report_every`` steps, so the pruner
+(median or Hyperband) can stop a trailing trial; the final value is the objective
+(``accuracy`` on ``sweep.val_images`` val images, or ``stage1_loss``: stage 1's
+VLV-conditioned val loss, without stage 2).
 
 Storage is an Optuna RDB: a sqlite file under mlruns/ by default, PostgreSQL for many nodes.
 Every worker started on the same storage and study name joins the same study. A worker that
@@ -35,11 +36,10 @@ from typing import Any
 
 import yaml
 
-from . import config, cost, data, fingerprints, tracking, world
+from . import config, cost, data, tracking, world
 from .errors import VLVError
 
 DATA = Path("data/prepared")
-LATENTS = Path("cache/latents")
 CKPT_ROOT = Path("checkpoints/sweep")
 OUT_ROOT = Path("reports/sweep")
 
@@ -172,49 +172,44 @@ def val_accuracy(model, x, refs: list[str], p: config.Params) -> float:
 
 
 def train_trial(trial, p: config.Params, work: Path, val_set) -> float:
-    """Stage 1 then (objective ``accuracy``) stage 2 on ``p``; the objective value.
-    ``val_set``: (dataset, stacked pixels, captions) of the val images, read once per worker."""
+    """Stage 1 then (objective ``accuracy``) stage 2 on ``p`` through the stage runner; the
+    objective value. ``val_set``: (dataset, stacked pixels, captions) of the val images, read
+    once per worker."""
     import mlflow
 
-    from . import autoencoder, captioner, latents
-    from .train import clear_checkpoints, fingerprint, spec_from, train
+    from . import autoencoder, runner
+    from .train import clear_checkpoints
 
     s = p.sweep
     val, x, refs = val_set
-    data_hash = data.manifest_hash(DATA)
     if s.objective == "accuracy" and p.stage2.init == "random":  # the no-stage-1 ablation: no stage 1 to run
-        return train_captioner(trial, p, captioner.build(p), work, data_hash, x, refs)
-    model = autoencoder.build(p)
-    images = data.ShardDataset(DATA, "images")
-    images = latents.WithLatents(images, *latents.encode_cached(model.vae, images, LATENTS, desc="sweep: latents"))
-    train(model, images, spec_from(p.stage1, "stage1", p.seed), work / "stage1",
-          fingerprint(p.components, fingerprints.of_components(p, ("t2i", "vision")), p.stage1.model_dump(exclude={"eval"}),
-                      data_hash, p.seed),
-          log=tracking.metric_logger("stage1"))
+        return train_captioner(trial, p, None, work, x, refs)
+    model, _ = runner.stage1(p, work / "stage1", log=tracking.metric_logger("stage1"))
     if s.objective == "stage1_loss":
         report = autoencoder.conditioning_report(model, val, len(val), 1, p.seed)
         mlflow.log_metrics({f"stage1/val/{k}": v for k, v in report.items() if isinstance(v, float)})
         clear_checkpoints(work / "stage1")
         return float(report["loss_vlv"])
 
-    cap = captioner.build(p, encoder=model.encoder)
-    del model, images  # the frozen UNet and VAE are not needed in stage 2
-    value = train_captioner(trial, p, cap, work, data_hash, x, refs)
+    encoder = model.encoder
+    del model  # the frozen UNet and VAE are not needed in stage 2
+    value = train_captioner(trial, p, encoder, work, x, refs)
     clear_checkpoints(work / "stage1")
     return value
 
 
-def train_captioner(trial, p: config.Params, cap, work: Path, data_hash: str, x, refs: list[str]) -> float:
-    """Stage 2 of a trial, reporting val accuracy every ``sweep.report_every`` steps to the pruner."""
+def train_captioner(trial, p: config.Params, encoder, work: Path, x, refs: list[str]) -> float:
+    """Stage 2 of a trial (from the stage-1 ``encoder`` in memory, or None under ``stage2.init:
+    random``), reporting val accuracy every ``sweep.report_every`` steps to the pruner."""
     import mlflow
     import optuna
 
-    from .train import clear_checkpoints, fingerprint, spec_from, train
+    from . import runner
+    from .train import clear_checkpoints
 
     s = p.sweep
-    pairs = data.ShardDataset(DATA, "pairs", captions=True, limit=p.stage2.num_pairs)
 
-    def report(done: int) -> None:
+    def report(cap, done: int) -> None:
         if done % s.report_every or done == p.stage2.steps:
             return
         value = val_accuracy(cap, x, refs, p)
@@ -223,10 +218,7 @@ def train_captioner(trial, p: config.Params, cap, work: Path, data_hash: str, x,
         if trial.should_prune():
             raise optuna.TrialPruned(f"val accuracy {value:.3f} at stage-2 step {done}")
 
-    fp = fingerprint(p.components, fingerprints.of_components(p, ("t2i", "vision", "llm")), p.stage2, p.stage1.num_queries,
-                     p.stage1.trainable, data_hash, p.seed, p.stage1.model_dump(exclude={"eval"}))
-    train(cap, pairs, spec_from(p.stage2, "stage2", p.seed), work / "stage2", fp,
-          log=tracking.metric_logger("stage2"), on_step=report)
+    cap, _ = runner.stage2(p, work / "stage2", encoder=encoder, log=tracking.metric_logger("stage2"), on_step=report)
     value = val_accuracy(cap, x, refs, p)
     clear_checkpoints(work / "stage2")
     return value

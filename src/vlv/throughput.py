@@ -2,7 +2,9 @@
 
 Builds the stage-1 model (Florence-2 -> queries -> projection -> frozen CLIP -> frozen UNet,
 frozen VAE) and the stage-2 model (encoder -> frozen CLIP -> MLP -> LLM prefix) from the
-architecture cards (nothing is downloaded), and times training steps in two settings:
+architecture cards (nothing is downloaded), with the trainable parts its profile's params give
+the stages (stage1.trainable, stage2.trainable: profiles/paper.yaml for the paper card set, the
+embedded defaults for the embedded one), and times training steps in two settings:
 
 - ``official``: the reference recipe's setting: stage 1 in fp32 with UNet gradient
   checkpointing and the frozen VAE encoding every batch again, stage 2 in bf16 (docs/METHOD.md);
@@ -32,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from . import cards, components, cost, vocab, world
+from . import cards, components, config, cost, vocab, world
 from .autoencoder import VLVAutoencoder, VLVEncoder
 from .captioner import Captioner
 from .errors import VLVError
@@ -50,14 +52,15 @@ class CardSet:
     stage1_batch: int
     stage2_batch: int
     caption_tokens: int   # target tokens per caption in stage 2
+    profile: str          # the profile whose params say which parts train (stage1.trainable, stage2.trainable)
 
 
 CARD_SETS = {
     # docs/METHOD.md: resolution 384 (latents 48x48), Nq 77; stage 1 batch 512 on 8 GPUs = 64 per GPU;
     # stage 2 batch 64 on 8 GPUs = 8 per GPU, captions of 227 tokens on average
-    "paper": CardSet("sd-2.1-base", "florence2-large", "qwen2.5-3b", 384, 77, 64, 8, 227),
+    "paper": CardSet("sd-2.1-base", "florence2-large", "qwen2.5-3b", 384, 77, 64, 8, 227, "paper"),
     # the embedded world (params.yaml defaults): a CPU check of the code path
-    "embedded": CardSet("t2i-tiny", "florence2-tiny", "llm-tiny", 32, 24, 32, 32, 24),
+    "embedded": CardSet("t2i-tiny", "florence2-tiny", "llm-tiny", 32, 24, 32, 32, 24, "embedded"),
 }
 
 # Dense peak TFLOP/s per device from vendor datasheets: (bf16 tensor core, fp32 non-tensor).
@@ -116,12 +119,20 @@ def _tokenizer():
     return vocab.qwen2_tokenizer([s.caption() for s in world.sample_scenes(0, 200)])
 
 
-def build_stage1(cs: CardSet, setting: Setting) -> VLVAutoencoder:
+def recipe(cs: CardSet) -> config.Params:
+    """The params of the card set's profile (profiles/<profile>.yaml of this project over the
+    defaults): the stages' trainable parts come from them, as in the stages."""
+    from .tracking import root_dir
+
+    return config.load(root_dir() / "profiles" / f"{cs.profile}.yaml")
+
+
+def build_stage1(cs: CardSet, setting: Setting, params: config.Params) -> VLVAutoencoder:
     t2i = components.build_t2i(cs.t2i)
     vision = components.build_vision(_vision_card(cs))
     vision.image_size = cs.resolution
     encoder = VLVEncoder(vision, cs.num_queries, int(t2i.text_encoder.config.hidden_size))
-    encoder.set_trainable(["queries", "projection", "language_model"])  # the paper's: vision tower frozen
+    encoder.set_trainable(params.stage1.trainable)
     model = VLVAutoencoder(encoder, t2i)
     _attention(model, setting)
     if setting.checkpointing:
@@ -129,7 +140,7 @@ def build_stage1(cs: CardSet, setting: Setting) -> VLVAutoencoder:
     return model
 
 
-def build_stage2(cs: CardSet, setting: Setting) -> Captioner:
+def build_stage2(cs: CardSet, setting: Setting, params: config.Params) -> Captioner:
     t2i_text = cards.build(cs.t2i, "text_encoder")
     tok = _tokenizer()
     extra = {"vocab_size": len(tok)} if cs.llm.endswith("tiny") else {}  # paper: the card's 151936
@@ -138,7 +149,7 @@ def build_stage2(cs: CardSet, setting: Setting) -> Captioner:
     vision.image_size = cs.resolution
     encoder = VLVEncoder(vision, cs.num_queries, int(t2i_text.config.hidden_size))
     model = Captioner(encoder, t2i_text, None, llm, tok, max_caption_tokens=cs.caption_tokens)
-    model.set_trainable("mlp+llm+encoder", ["language_model"])  # the paper's best: MLP + LLM + VLV encoder
+    model.set_trainable(params.stage2.trainable, params.stage1.trainable)
     _attention(model, setting)
     return model
 
@@ -221,11 +232,12 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(stage: str, cs: CardSet, setting: Setting, device: torch.device, warmup: int, steps: int,
-            peak_tflops: float | None) -> Measurement:
-    """Build, warm up, count the FLOPs of one step, time ``steps`` steps; free the model."""
+            peak_tflops: float | None, params: config.Params) -> Measurement:
+    """Build (trainable parts from ``params``), warm up, count the FLOPs of one step, time
+    ``steps`` steps; free the model."""
     ctx = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
     with ctx:
-        model = build_stage1(cs, setting) if stage == "stage1" else build_stage2(cs, setting)
+        model = build_stage1(cs, setting, params) if stage == "stage1" else build_stage2(cs, setting, params)
     model = model.to(device)
     model.train()
     if device.type == "meta":  # SDPA's mask shortcuts read values (.item()); eager attention counts the same matmuls
@@ -303,11 +315,12 @@ def run(card: str = "paper", device: str = "cuda", precision: str = "bf16", comp
                         "stage2_batch": max(1, round(cs.stage2_batch * batch_scale))})
     kind = cost.device(device_type="cuda" if dev.type == "cuda" else "cpu")[0] if dev.type != "meta" else "meta"
     peaks = PEAK_TFLOPS.get(kind)
+    params = recipe(cs)
     out = []
     for stage in stages:
         for s in settings(stage, precision, compile):
             peak = (peaks[0] if s.precision == "bf16" else peaks[1]) if peaks else None
-            m = measure(stage, cs, s, dev, warmup, steps, peak)
+            m = measure(stage, cs, s, dev, warmup, steps, peak, params)
             out.append(m)
             print(line(m), flush=True)
     if dev.type == "cuda":

@@ -1,5 +1,7 @@
 """Shared parts of the benchmarks: the embedded world's real parts, built from the architecture
-cards with random weights (timing does not depend on training), and a small prepared dataset.
+cards with random weights (timing does not depend on training) with the embedded params' query
+count and trainable parts (stage1.num_queries, stage1.trainable, stage2.trainable), and a small
+prepared dataset.
 
 Every benchmark times real work of at least ~50 ms per round (DESIGN.md: micro-benchmarks fail a
 25% gate by noise alone) for a fixed number of rounds after warm-up ones, about 3 s in all: this
@@ -17,9 +19,8 @@ import torch
 from vlv import autoencoder, cards, components, config, data, latents, throughput, vocab, world
 from vlv.captioner import Captioner
 
-BATCH = 32            # the embedded default global batch of stage 1 and stage 2
-NUM_QUERIES = 24      # params.yaml stage1.num_queries
-STAGE1_TRAINABLE = ["queries", "projection", "language_model", "image_projector", "vision_tower"]
+BATCH = 32                # the embedded default global batch of stage 1 and stage 2
+PARAMS = config.Params()  # the embedded defaults: params.yaml's values (test_config's test_defaults_equal_params_yaml)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,8 +60,8 @@ def images(prepared) -> torch.Tensor:
 def encoder(t2i) -> autoencoder.VLVEncoder:
     torch.manual_seed(0)
     vision = components.build_vision("florence2-tiny")
-    enc = autoencoder.VLVEncoder(vision, NUM_QUERIES, int(t2i.text_encoder.config.hidden_size))
-    enc.set_trainable(STAGE1_TRAINABLE)
+    enc = autoencoder.VLVEncoder(vision, PARAMS.stage1.num_queries, int(t2i.text_encoder.config.hidden_size))
+    enc.set_trainable(PARAMS.stage1.trainable)
     return enc
 
 
@@ -82,7 +83,7 @@ def captioner(t2i, captions) -> Captioner:
     tok = vocab.qwen2_tokenizer(captions)
     llm = cards.build("llm-tiny", "model", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = Captioner(encoder(t2i), t2i.text_encoder, t2i.tokenizer, llm, tok, max_caption_tokens=32)
-    model.set_trainable("mlp+llm+encoder", STAGE1_TRAINABLE)
+    model.set_trainable(PARAMS.stage2.trainable, PARAMS.stage1.trainable)
     return model
 
 
