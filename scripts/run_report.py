@@ -98,6 +98,26 @@ def report() -> str:
         f"**{s1['distillation_gap']:.2f}**.",
         "",
     ]
+    if "recon_reader_mean" in s1:
+        import yaml  # the guidance and steps the committed run used: its stage1 params in dvc.lock
+
+        used = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]["stage1"]["params"]["params.yaml"]["stage1"]["eval"]
+        guidance, steps = used["guidance_scale"], used["recon_steps"]
+        fields = ("mean", "background", "count", "colour", "shape", "size", "position")
+        row = lambda name, kind: " | ".join(pct(s1[f"{name}_{kind}_{f}"]) if f"{name}_{kind}_{f}" in s1 else "-" for f in fields)  # noqa: E731
+        lines += [
+            f"The same val images painted back by the frozen teacher (CFG {guidance:g}, "
+            f"{steps} DDIM steps) and read back per field, by the analytic reader of the spec and "
+            "by the attribute classifier (grid: `plots/stage1/reconstructions.png`):",
+            "",
+            "| painted from | read by | " + " | ".join(fields) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in fields) + " |",
+            f"| the VLV embedding | reader | {row('recon', 'reader')} |",
+            f"| the VLV embedding | classifier | {row('recon', 'classifier')} |",
+            f"| the true caption | reader | {row('caption', 'reader')} |",
+            f"| the true caption | classifier | {row('caption', 'classifier')} |",
+            "",
+        ]
     a, c = ev["attributes"], ev["caption"]
     val = s2["val"]
     lines += [
