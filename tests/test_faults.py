@@ -296,7 +296,9 @@ def damage(folder: Path, how: str, rel: str) -> None:
         file.unlink()
 
 
-@pytest.mark.parametrize("where", ["a folder", "under a missing folder", "under a read-only folder"])
+# one case in `make test`; the others behind `slow` (each starts `vlv caption` in a subprocess)
+@pytest.mark.parametrize("where", ["a folder", pytest.param("under a missing folder", marks=pytest.mark.slow),
+                                   pytest.param("under a read-only folder", marks=pytest.mark.slow)])
 def test_an_unwritable_caption_out_is_one_line_before_the_model_loads(where, shots, tmp_path):
     if where == "a folder":
         out, expect = tmp_path / "results", "is a folder; name a file to write, e.g. "
@@ -340,8 +342,10 @@ def test_a_batch_size_below_one_is_one_line_from_argparse(command, value, shots,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("how, rel", [("truncated", "captioner_head.safetensors"), ("truncated", "llm/model.safetensors"),
-                                      ("not JSON", "captioner.json"), ("missing", "llm/tokenizer.json")])
+@pytest.mark.parametrize("how, rel", [("truncated", "llm/model.safetensors"),  # the rest behind `slow`; every file in-process below
+                                      pytest.param("truncated", "captioner_head.safetensors", marks=pytest.mark.slow),
+                                      pytest.param("not JSON", "captioner.json", marks=pytest.mark.slow),
+                                      pytest.param("missing", "llm/tokenizer.json", marks=pytest.mark.slow)])
 def test_vlv_caption_with_a_broken_captioner_folder_is_one_line_naming_the_file(how, rel, captioner_folder, shots, tmp_path):
     broken = tmp_path / "captioner"
     shutil.copytree(captioner_folder, broken)
@@ -359,8 +363,9 @@ def test_vlv_caption_with_a_broken_captioner_folder_is_one_line_naming_the_file(
     assert contents(broken) == before and not out.exists()  # the folder left as it was for the user to look at
 
 
-@pytest.mark.parametrize("how, rel", [("truncated", "florence/model.safetensors"), ("not JSON", "vlv_encoder.json"),
-                                      ("missing", "vlv_head.safetensors")])
+@pytest.mark.parametrize("how, rel", [("truncated", "florence/model.safetensors"),  # the rest behind `slow`
+                                      pytest.param("not JSON", "vlv_encoder.json", marks=pytest.mark.slow),
+                                      pytest.param("missing", "vlv_head.safetensors", marks=pytest.mark.slow)])
 def test_vlv_reconstruct_with_a_broken_stage1_folder_is_one_line_naming_the_file(how, rel, captioner_folder, shots, tmp_path):
     broken = tmp_path / "stage1"
     shutil.copytree(captioner_folder / "encoder", broken)
