@@ -342,6 +342,17 @@ def test_a_batch_size_below_one_is_one_line_from_argparse(command, value, shots,
     assert not out.exists()
 
 
+def assert_names_the_file(r, folder: Path, how: str, rel: str, what: str, stage: str) -> None:
+    """Exit 2 and one line: the missing or unreadable file, and the stage that writes it."""
+    assert r.returncode == 2
+    line = one_line(r.stderr)
+    if how == "missing":
+        assert line == f"error: {folder}: not {what} (missing {rel}); run the {stage} stage (dvc repro {stage}) to write it"
+    else:
+        assert line.startswith(f"error: {folder / rel}: cannot be read ("), line
+        assert line.endswith(f"; run the {stage} stage again (dvc repro {stage}) to rewrite it"), line
+
+
 @pytest.mark.parametrize("how, rel", [("truncated", "llm/model.safetensors"),  # the rest behind `slow`; every file in-process below
                                       pytest.param("truncated", "captioner_head.safetensors", marks=pytest.mark.slow),
                                       pytest.param("not JSON", "captioner.json", marks=pytest.mark.slow),
@@ -352,14 +363,7 @@ def test_vlv_caption_with_a_broken_captioner_folder_is_one_line_naming_the_file(
     damage(broken, how, rel)
     before, out = contents(broken), tmp_path / "captions.json"
     r = vlv(tmp_path, "caption", shots, "--model", broken, "--out", out)
-    assert r.returncode == 2
-    line = one_line(r.stderr)
-    if how == "missing":
-        assert line == (f"error: {broken}: not a captioner folder (missing {rel}); run the stage2 stage "
-                        f"(dvc repro stage2) to write it")
-    else:
-        assert line.startswith(f"error: {broken / rel}: cannot be read ("), line
-        assert line.endswith("; run the stage2 stage again (dvc repro stage2) to rewrite it"), line
+    assert_names_the_file(r, broken, how, rel, "a captioner folder", "stage2")
     assert contents(broken) == before and not out.exists()  # the folder left as it was for the user to look at
 
 
@@ -372,14 +376,7 @@ def test_vlv_reconstruct_with_a_broken_stage1_folder_is_one_line_naming_the_file
     damage(broken, how, rel)
     before, out = contents(broken), tmp_path / "recon"
     r = vlv(tmp_path, "reconstruct", shots, "--model", broken, "--out", out)
-    assert r.returncode == 2
-    line = one_line(r.stderr)
-    if how == "missing":
-        assert line == (f"error: {broken}: not a VLV encoder folder (missing {rel}); run the stage1 stage "
-                        f"(dvc repro stage1) to write it")
-    else:
-        assert line.startswith(f"error: {broken / rel}: cannot be read ("), line
-        assert line.endswith("; run the stage1 stage again (dvc repro stage1) to rewrite it"), line
+    assert_names_the_file(r, broken, how, rel, "a VLV encoder folder", "stage1")
     assert contents(broken) == before and contents(out) == {}
 
 
